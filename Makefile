@@ -1,0 +1,31 @@
+# The two commands of the README: `make demo` (main job on CPU) and `make test`.
+# Both create or reuse .venv in the repository and install what they need.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+FMNIST := /usr/share/datasets/fashion-mnist
+
+.PHONY: demo test venv system-deps clean
+
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	touch $@
+
+venv: $(VENV)/.installed
+
+# Fashion-MNIST (real images, MIT licence) comes from Debian's dataset-fashion-mnist package.
+system-deps:
+	@if [ ! -f $(FMNIST)/train-images-idx3-ubyte.gz ]; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist; fi
+
+demo: venv system-deps
+	$(PY) -m mindcv_mnv2.tools.demo
+
+test: venv system-deps
+	$(PY) -m pytest -q tests
+
+clean:
+	rm -rf $(VENV) runs data
