@@ -460,6 +460,7 @@ def parse_args(argv: Sequence[str], prog: str = "train.py",
     if model_defaults is not None:
         cfg = resolve_model_defaults(cfg, model_defaults)
     extras = argparse.Namespace(**{k: v for k, v in vars(ns).items() if k not in FIELDS and k not in LEGACY_KEYS})
+    extras.explicit_keys = frozenset(_translate_legacy(values))  # keys the recipe or the command line set
     return cfg, extras
 
 

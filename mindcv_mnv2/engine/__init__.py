@@ -1,0 +1,1 @@
+"""Training and evaluation engine: builds from a Config, runs loops, writes checkpoints and logs."""

@@ -1,0 +1,116 @@
+"""Config -> objects. The only engine code that reads recipe keys; everything it calls takes
+plain arguments, so each key is followed from the schema to its consumer in one hop."""
+from __future__ import annotations
+
+import logging
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+from ..config import Config, ConfigError
+from ..distributed import DistInfo
+
+log = logging.getLogger("mindcv_mnv2")
+
+
+def transform_args(cfg: Config) -> Dict[str, Any]:
+    """Keyword arguments of data.create_transforms from the recipe."""
+    return dict(scale=cfg.scale, ratio=cfg.ratio, hflip=cfg.hflip, vflip=cfg.vflip, color_jitter=cfg.color_jitter,
+                interpolation=cfg.interpolation, auto_augment=cfg.auto_augment, re_prob=cfg.re_prob,
+                re_scale=cfg.re_scale, re_ratio=cfg.re_ratio, re_value=cfg.re_value,
+                re_max_attempts=cfg.re_max_attempts, mean=cfg.mean, std=cfg.std, crop_pct=cfg.crop_pct,
+                inception_crop=cfg.inception_crop)
+
+
+def build_val_loader(cfg: Config, dist: DistInfo, class_names: Optional[Sequence[str]] = None,
+                     image_size: Optional[int] = None, **eval_overrides: Any):
+    """Validation loader over val_split: exact shards, nothing dropped."""
+    from ..data import create_loader, create_transforms, scan_image_folder
+
+    images = scan_image_folder(cfg.data_dir, cfg.val_split, class_names=class_names)
+    targs = {**transform_args(cfg), **eval_overrides}
+    transforms = create_transforms(False, image_size or cfg.image_resize, **targs)
+    return create_loader(images, batch_size=cfg.batch_size, is_training=False, transforms=transforms,
+                         shuffle=cfg.eval_shuffle, drop_remainder=False,
+                         num_parallel_workers=cfg.num_parallel_workers, shard_id=dist.rank, num_shards=dist.world,
+                         seed=cfg.seed, num_classes=len(images.class_names))
+
+
+def build_train_loader(cfg: Config, dist: DistInfo):
+    """Training loader over train_split, sharded by rank, with mixup/cutmix when set."""
+    from ..data import create_loader, create_transforms, scan_image_folder
+
+    images = scan_image_folder(cfg.data_dir, cfg.train_split)
+    num_classes = len(images.class_names)
+    if cfg.num_classes is not None and cfg.num_classes != num_classes:
+        raise ConfigError(f"num_classes: the recipe says {cfg.num_classes} but {cfg.data_dir}/{cfg.train_split} "
+                          f"has {num_classes} class folders; fix num_classes (or remove it to use the folders)")
+    transforms = create_transforms(True, cfg.image_resize, **transform_args(cfg))
+    loader = create_loader(images, batch_size=cfg.batch_size, is_training=True, transforms=transforms,
+                           shuffle=cfg.shuffle, drop_remainder=cfg.drop_remainder,
+                           num_parallel_workers=cfg.num_parallel_workers, num_samples=cfg.num_samples,
+                           shard_id=dist.rank, num_shards=dist.world, seed=cfg.seed, num_classes=num_classes,
+                           mixup=cfg.mixup, cutmix=cfg.cutmix, cutmix_prob=cfg.cutmix_prob,
+                           mixup_switch_prob=cfg.mixup_switch_prob, label_smoothing=cfg.label_smoothing)
+    if loader.steps_per_epoch < 1:
+        raise ConfigError(f"batch_size: {cfg.batch_size} x {dist.world} device(s) is larger than the "
+                          f"{loader.num_images_total} training images with drop_remainder=True, so an epoch has no "
+                          f"step; lower batch_size or set drop_remainder False")
+    return loader
+
+
+def model_kwargs(cfg: Config, num_classes: int) -> Dict[str, Any]:
+    """Constructor arguments of models.create_model from the recipe."""
+    kw: Dict[str, Any] = {"num_classes": num_classes, "in_channels": cfg.in_channels, "padding": cfg.padding}
+    if cfg.drop_rate is not None:
+        kw["drop_rate"] = cfg.drop_rate
+    return kw
+
+
+def build_model(cfg: Config, num_classes: int):
+    """The network named by ``model`` (weights from ckpt_path are loaded by the trainer)."""
+    from ..models import create_model
+
+    return create_model(cfg.model, **model_kwargs(cfg, num_classes))
+
+
+def build_lr(cfg: Config, updates_per_epoch: int):
+    """Per-update learning rates for the whole run."""
+    from ..optim import create_lr_schedule
+
+    return create_lr_schedule(cfg.scheduler, cfg.lr, updates_per_epoch, cfg.epoch_size,
+                              warmup_epochs=cfg.warmup_epochs, warmup_factor=cfg.warmup_factor, min_lr=cfg.min_lr,
+                              decay_epochs=cfg.decay_epochs, decay_rate=cfg.decay_rate,
+                              milestones=cfg.multi_step_decay_milestones, lr_epoch_stair=cfg.lr_epoch_stair,
+                              num_cycles=cfg.num_cycles, cycle_decay=cfg.cycle_decay)
+
+
+def build_optimizer(cfg: Config, net, lr):
+    """Optimizer over the network's trainable parameters."""
+    from ..optim import create_optimizer
+
+    return create_optimizer(net.trainable_params(), cfg.opt, lr, momentum=cfg.momentum,
+                            weight_decay=cfg.weight_decay, weight_decay_filter=cfg.weight_decay_filter,
+                            use_nesterov=cfg.use_nesterov, eps=cfg.eps, rmsprop_decay=cfg.rmsprop_decay)
+
+
+def build_loss(cfg: Config, num_classes: int):
+    """Training loss (label smoothing is folded into soft labels when mixup/cutmix is on)."""
+    from ..optim import create_loss
+
+    soft = cfg.mixup > 0 or cfg.cutmix > 0
+    return create_loss(cfg.loss, num_classes, 0.0 if soft else cfg.label_smoothing, cfg.reduction)
+
+
+def build_train_step(cfg: Config, net, loss_fn, optimizer, dist: DistInfo):
+    """The compiled step with the recipe's loss scaling, clipping, EMA and accumulation."""
+    from .train_step import TrainStep
+
+    reducer = None
+    if dist.world > 1:
+        from mindspore import nn
+
+        reducer = nn.DistributedGradReducer(optimizer.parameters, mean=True, degree=dist.world)
+    return TrainStep(net, loss_fn, optimizer, loss_scale=cfg.loss_scale,
+                     dynamic_loss_scale=cfg.loss_scale_type in ("dynamic", "auto"),
+                     drop_overflow_update=cfg.drop_overflow_update, clip_grad=cfg.clip_grad,
+                     clip_value=cfg.clip_value, ema_decay=cfg.ema_decay if cfg.ema else None,
+                     accumulate=cfg.gradient_accumulation_steps, grad_reducer=reducer)

@@ -1,0 +1,52 @@
+"""Process-wide MindSpore setup: device, execution mode, seeds."""
+from __future__ import annotations
+
+import logging
+import os
+import random
+
+import numpy as np
+
+log = logging.getLogger("mindcv_mnv2")
+
+
+def setup_context(mode: int, device_target: str = "auto", seed: int = 42) -> str:
+    """Select device and graph (0) / PyNative (1) mode, seed every RNG; returns the device used."""
+    import mindspore as ms
+    import mindspore.dataset as ds
+
+    if device_target == "auto":
+        device_target = ms.get_context("device_target") or "CPU"
+    elif not ms.hal.is_available(device_target):
+        from ..config import ConfigError
+
+        here = [d for d in ("Ascend", "GPU", "CPU") if ms.hal.is_available(d)]
+        raise ConfigError(f"device_target: {device_target} is not available to this MindSpore build (available: "
+                          f"{', '.join(here)}); pass --device_target {here[0]} (or auto)")
+    ms.set_device(device_target)
+    ms.set_context(mode=ms.GRAPH_MODE if mode == 0 else ms.PYNATIVE_MODE)
+    if mode == 0:
+        # O0 compiles kernel-by-kernel: fast to start, and the fused levels do not help on CPU.
+        ms.set_context(jit_config={"jit_level": "O0"})
+    ms.set_seed(seed)
+    ds.config.set_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+    return device_target
+
+
+def amp_level_for(device_target: str, amp_level: str) -> str:
+    """The AMP level that will actually run: CPU kernels are fp32, so CPU runs O0 (with a warning)."""
+    if device_target == "CPU" and amp_level != "O0":
+        log.warning("amp_level %s is not supported on CPU (fp16 kernels are GPU/Ascend only): running O0 (fp32)",
+                    amp_level)
+        return "O0"
+    return amp_level
+
+
+def cpu_count() -> int:
+    """CPUs this process may use (respects affinity masks and container limits)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return os.cpu_count() or 1

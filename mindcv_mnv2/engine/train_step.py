@@ -1,0 +1,132 @@
+"""The compiled training step: forward, backward, loss scaling, clipping, update, EMA.
+
+One cell covers every recipe option; options that are off add nothing to the graph
+(they are Python constants when the graph is compiled).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import mindspore as ms
+from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
+from mindspore.ops import composite as C
+from mindspore.ops import functional as F
+
+_unscale = C.MultitypeFuncGraph("unscale")
+_ema_update = C.MultitypeFuncGraph("ema_update")
+_accumulate = C.MultitypeFuncGraph("accumulate")
+_zero = C.MultitypeFuncGraph("zero")
+
+
+@_unscale.register("Tensor", "Tensor")
+def _unscale_tensor(inv_scale, grad):
+    return grad * F.cast(inv_scale, F.dtype(grad))
+
+
+@_ema_update.register("Tensor", "Tensor", "Tensor")
+def _ema_update_tensor(decay, ema, weight):
+    return F.assign(ema, ema * decay + F.cast(weight, F.dtype(ema)) * (1.0 - decay))
+
+
+@_accumulate.register("Tensor", "Tensor")
+def _accumulate_tensor(acc, grad):
+    return F.assign_add(acc, F.cast(grad, F.dtype(acc)))
+
+
+@_zero.register("Tensor")
+def _zero_tensor(acc):
+    return F.assign(acc, F.zeros_like(acc))
+
+
+class NetWithLoss(nn.Cell):
+    """Network followed by the loss, keeping the network's parameter names."""
+
+    def __init__(self, net: nn.Cell, loss_fn: nn.Cell) -> None:
+        super().__init__(auto_prefix=False)
+        self.net = net
+        self.loss_fn = loss_fn
+
+    def construct(self, images, labels):
+        return self.loss_fn(self.net(images), labels)
+
+
+class TrainStep(nn.Cell):
+    """``loss = step(images, labels)``: one optimizer update (or one accumulation micro-step).
+
+    EMA weights are Parameters named ``ema.<param>`` (MindCV's naming), so they are saved
+    and restored with the checkpoint like any other tensor.
+    """
+
+    def __init__(self, net: nn.Cell, loss_fn: nn.Cell, optimizer: nn.Optimizer, *, loss_scale: float = 1.0,
+                 dynamic_loss_scale: bool = False, drop_overflow_update: bool = False, clip_grad: bool = False,
+                 clip_value: float = 15.0, ema_decay: Optional[float] = None, accumulate: int = 1,
+                 grad_reducer: Optional[nn.Cell] = None, scale_window: int = 2000) -> None:
+        super().__init__(auto_prefix=False)
+        self.net_with_loss = NetWithLoss(net, loss_fn)
+        self.optimizer = optimizer
+        self.weights = optimizer.parameters
+        self.grad = C.GradOperation(get_by_list=True, sens_param=True)
+        self.hyper_map = C.HyperMap()
+        self.loss_scale = Parameter(Tensor(loss_scale, ms.float32), name="loss_scale", requires_grad=False)
+        self.dynamic = dynamic_loss_scale
+        self.check_overflow = dynamic_loss_scale or drop_overflow_update
+        self.scale_window = scale_window
+        self.good_steps = Parameter(Tensor(0, ms.int32), name="loss_scale_good_steps", requires_grad=False)
+        self.clip_grad = clip_grad
+        self.clip_value = clip_value
+        self.use_ema = ema_decay is not None
+        if self.use_ema:
+            self.ema_decay = ema_decay
+            self.all_weights = ParameterTuple(list(net.get_parameters()))
+            self.ema_weights = self.all_weights.clone(prefix="ema", init="same")
+            self.ema_updates = Parameter(Tensor(0.0, ms.float32), name="ema.updates", requires_grad=False)
+        self.accumulate = accumulate
+        if accumulate > 1:
+            self.accum = self.weights.clone(prefix="accum", init="zeros")
+        self.reducer = grad_reducer
+        self.use_reducer = grad_reducer is not None
+
+    def construct(self, images, labels, apply_update=True):
+        loss = self.net_with_loss(images, labels)
+        sens = F.fill(loss.dtype, loss.shape, 1.0) * F.cast(self.loss_scale, loss.dtype)
+        grads = self.grad(self.net_with_loss, self.weights)(images, labels, sens)
+        if self.accumulate > 1:
+            grads = F.depend(grads, self.hyper_map(_accumulate, self.accum, grads))
+            if not apply_update:
+                return loss
+            grads = self.hyper_map(F.partial(_unscale, 1.0 / self.accumulate), self.accum)
+        if self.use_reducer:
+            grads = self.reducer(grads)
+        grads = self.hyper_map(F.partial(_unscale, 1.0 / self.loss_scale), grads)
+        if self.clip_grad:
+            grads = ops.clip_by_global_norm(grads, self.clip_value)
+        if self.check_overflow:
+            finite = ms.amp.all_finite(grads)
+            if self.dynamic:
+                self._update_scale(finite)
+            if finite:
+                loss = self._apply(grads, loss)
+        else:
+            loss = self._apply(grads, loss)
+        return loss
+
+    def _apply(self, grads, loss):
+        loss = F.depend(loss, self.optimizer(grads))
+        if self.accumulate > 1:
+            loss = F.depend(loss, self.hyper_map(_zero, self.accum))
+        if self.use_ema:
+            loss = F.depend(loss, F.assign_add(self.ema_updates, 1.0))
+            # MindCV's warm-up of the decay: early averages are not dominated by random init.
+            decay = self.ema_decay * (1.0 - ops.exp(-self.ema_updates / 2000.0))
+            loss = F.depend(loss, self.hyper_map(F.partial(_ema_update, decay), self.ema_weights, self.all_weights))
+        return loss
+
+    def _update_scale(self, finite):
+        if finite:
+            good = self.good_steps + 1
+            grow = good >= self.scale_window
+            F.assign(self.loss_scale, ops.select(grow, self.loss_scale * 2.0, self.loss_scale))
+            F.assign(self.good_steps, ops.select(grow, F.zeros_like(good), good))
+        else:
+            F.assign(self.loss_scale, ops.maximum(self.loss_scale / 2.0, 1.0))
+            F.assign(self.good_steps, F.zeros_like(self.good_steps))

@@ -1,0 +1,359 @@
+"""The training loop: epochs of compiled steps, validation, checkpoints, resume, NaN stop.
+
+train.py -> train(cfg) -> Trainer.fit() -> Trainer._train_epoch() -> TrainStep.
+"""
+from __future__ import annotations
+
+import math
+import os
+import signal
+import time
+from typing import Any, Dict, Optional
+
+import numpy as np
+
+from ..config import Config, ConfigError
+from ..distributed import DistInfo, init_distributed
+from . import builders
+from .checkpointing import CheckpointKeeper, find_resume_checkpoint
+from .context import amp_level_for, setup_context
+from .evaluator import EvalNet, describe, evaluate
+from .progress import MetricsWriter, format_eta, progress_bar, setup_logging
+
+# Optimizer/step state that is rebuilt rather than restored.
+_NOT_RESTORED = ("learning_rate",)
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN/Inf; the message names the step and the last good checkpoint."""
+
+
+class Interrupted(RuntimeError):
+    """SIGINT/SIGTERM arrived; a resumable checkpoint was written."""
+
+
+def train(cfg: Config) -> Dict[str, Any]:
+    """Run a whole training job described by ``cfg``; returns the final summary."""
+    return Trainer(cfg).fit()
+
+
+def _check_run_dir(path: str, resuming: bool) -> None:
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"ckpt_save_dir: cannot create '{path}' ({exc.strerror}); choose a writable folder")
+    if not os.access(path, os.W_OK):
+        raise ConfigError(f"ckpt_save_dir: '{path}' is not writable; choose a writable folder")
+    existing = [f for f in os.listdir(path) if f.endswith(".ckpt")]
+    if existing and not resuming:
+        raise ConfigError(f"ckpt_save_dir: '{path}' already holds checkpoints of a run ({len(existing)} .ckpt files); "
+                          f"continue it with --resume {path}, or pick a new --ckpt_save_dir (nothing was overwritten)")
+
+
+class Trainer:
+    """Owns everything a run builds; ``fit()`` runs it."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.device = setup_context(cfg.mode, cfg.device_target, cfg.seed)
+        self.dist: DistInfo = init_distributed(cfg.distribute, self.device)
+        self.run_dir = cfg.ckpt_save_dir
+        resume_path = self._resume_source()
+        if self.dist.is_main:
+            _check_run_dir(self.run_dir, resuming=bool(resume_path))
+        self.log = setup_logging(self.run_dir, self.dist.rank, self.dist.world)
+        self.metrics = MetricsWriter(os.path.join(self.run_dir, "metrics.jsonl") if self.dist.is_main else None)
+        if cfg.device_target == "CPU" or self.device == "CPU":
+            if cfg.dataset_sink_mode:
+                self.log.info("dataset_sink_mode: not available on CPU; steps are fed from the host")
+        self.amp_level = amp_level_for(self.device, cfg.amp_level)
+
+        self.train_loader = builders.build_train_loader(cfg, self.dist)
+        self.class_names = list(self.train_loader.class_names)
+        self.num_classes = len(self.class_names)
+        self.val_loader = (builders.build_val_loader(cfg, self.dist, self.class_names)
+                           if cfg.val_while_train else None)
+        self.accum = cfg.gradient_accumulation_steps
+        self.steps_per_epoch = self.train_loader.steps_per_epoch
+        self.updates_per_epoch = max(self.steps_per_epoch // self.accum, 1)
+        if self.accum > 1 and self.steps_per_epoch % self.accum:
+            self.log.warning("gradient_accumulation_steps %d does not divide the %d steps of an epoch: the last %d "
+                             "batches of each epoch are not used", self.accum, self.steps_per_epoch,
+                             self.steps_per_epoch % self.accum)
+            self.steps_per_epoch = self.updates_per_epoch * self.accum
+
+        self.net = builders.build_model(cfg, self.num_classes)
+        self._load_initial_weights(resume_path)
+        if self.amp_level != "O0":
+            import mindspore as ms
+
+            ms.amp.auto_mixed_precision(self.net, self.amp_level)
+        self.lr = builders.build_lr(cfg, self.updates_per_epoch)
+        self.optimizer = builders.build_optimizer(cfg, self.net, self.lr)
+        self.loss_fn = builders.build_loss(cfg, self.num_classes)
+        self.step = builders.build_train_step(cfg, self.net, self.loss_fn, self.optimizer, self.dist)
+        self.step.set_train(True)
+        self.keeper = CheckpointKeeper(self.run_dir, cfg.model, cfg.keep_checkpoint_max, cfg.ckpt_save_interval,
+                                       cfg.ckpt_save_policy, enabled=self.dist.is_main)
+        self.start_epoch, self.skip_steps = 0, 0
+        self.best: Dict[str, Any] = {"top1": None, "epoch": None}
+        if resume_path:
+            self._restore(resume_path)
+        self.eval_net: Optional[EvalNet] = None
+        self._stop_signal: Optional[int] = None
+        if self.dist.is_main:
+            self._save_config()
+
+    # ---- setup helpers ------------------------------------------------------------------
+    def _resume_source(self) -> Optional[str]:
+        cfg = self.cfg
+        if cfg.resume:
+            return find_resume_checkpoint(cfg.resume)
+        if cfg.resume_opt:
+            if not cfg.ckpt_path:
+                raise ConfigError("resume_opt: True needs ckpt_path (the checkpoint to resume), or use --resume RUN_DIR")
+            return find_resume_checkpoint(cfg.ckpt_path)
+        return None
+
+    def _load_initial_weights(self, resume_path: Optional[str]) -> None:
+        cfg = self.cfg
+        if resume_path:
+            return  # _restore loads everything
+        if cfg.pretrained and not cfg.ckpt_path:
+            raise ConfigError("pretrained: True needs ckpt_path pointing at a local checkpoint "
+                              "(mindcv_mnv2 never downloads weights)")
+        if cfg.ckpt_path:
+            from ..checkpoint import load_weights, read_checkpoint
+
+            tensors, _ = read_checkpoint(cfg.ckpt_path)
+            head = tensors.get("classifier.1.weight")
+            drop = head is not None and head.shape[0] != self.num_classes
+            if drop:
+                self.log.warning("ckpt_path %s has %d classes, this run %d: the classifier is re-initialised "
+                                 "(fine-tuning)", cfg.ckpt_path, head.shape[0], self.num_classes)
+            load_weights(self.net, tensors, strict=True, drop_classifier=drop, use_ema=True)
+            self.log.info("initialised weights from %s", cfg.ckpt_path)
+
+    def _save_config(self) -> None:
+        path = os.path.join(self.run_dir, "config.yaml")
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(self.cfg.to_yaml())
+        os.replace(tmp, path)
+
+    # ---- checkpoint contents -------------------------------------------------------------
+    def _tensors(self) -> Dict[str, Any]:
+        out = {}
+        for name, p in self.step.parameters_dict().items():
+            if name in _NOT_RESTORED or name.startswith("accum."):
+                continue
+            out[name] = p
+        out["learning_rate"] = np.array(self._current_lr(), np.float32)  # informative, as MindCV files
+        return out
+
+    def _meta(self, epoch: int, step_in_epoch: int = 0, last_metrics: Optional[Dict[str, Any]] = None
+              ) -> Dict[str, Any]:
+        from ..checkpoint import model_meta
+
+        cfg = self.cfg
+        eval_facts = {"image_size": cfg.image_resize, "crop_pct": cfg.crop_pct, "interpolation": cfg.interpolation,
+                      "mean": list(cfg.mean), "std": list(cfg.std)}
+        meta = model_meta(cfg.model, builders.model_kwargs(cfg, self.num_classes), self.class_names, eval_facts)
+        meta["has_ema"] = bool(cfg.ema)
+        meta["config"] = cfg.to_dict()
+        meta["train_state"] = {
+            "epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": self._global_step(),
+            "steps_per_epoch": self.steps_per_epoch, "updates_per_epoch": self.updates_per_epoch,
+            "world": self.dist.world, "best_top1": self.best["top1"], "best_epoch": self.best["epoch"],
+            "last_metrics": last_metrics or {},
+        }
+        return meta
+
+    def _global_step(self) -> int:
+        return int(np.asarray(self.optimizer.global_step.asnumpy()).reshape(-1)[0])
+
+    def _current_lr(self) -> float:
+        return float(self.lr[min(self._global_step(), len(self.lr) - 1)])
+
+    def _restore(self, path: str) -> None:
+        from ..checkpoint import CheckpointError, load_weights, read_checkpoint
+
+        tensors, meta = read_checkpoint(path)
+        ts = meta.get("train_state")
+        if not ts:
+            raise CheckpointError(f"{path}: no training state (epoch/step) inside; it can initialise weights "
+                                  f"(--ckpt_path) but not resume a run")
+        if ts.get("updates_per_epoch") != self.updates_per_epoch:
+            raise CheckpointError(f"{path}: saved with {ts.get('updates_per_epoch')} updates per epoch, this run has "
+                                  f"{self.updates_per_epoch}; resume with the same data, batch_size and devices")
+        load_weights(self.net, tensors, strict=True, use_ema=False)
+        import mindspore as ms
+
+        params = self.step.parameters_dict()
+        missing = [n for n in params if n not in tensors and n not in _NOT_RESTORED and not n.startswith("accum.")
+                   and n not in {p.name for p in self.net.get_parameters()}]
+        if any(n.startswith(("moments.", "mean_square.", "moment", "global_step")) for n in missing):
+            raise CheckpointError(f"{path}: optimizer state for this recipe's optimizer ({self.cfg.opt}) is missing "
+                                  f"(e.g. {missing[0]}); was it saved with another optimizer?")
+        for name, p in params.items():
+            if name in tensors and name not in _NOT_RESTORED and not name.startswith("accum."):
+                p.set_data(ms.Tensor(tensors[name]).astype(p.dtype))
+        if any(n.startswith("ema.") for n in missing):
+            self.log.warning("%s holds no EMA weights: EMA restarts from the current weights", path)
+            for p in self.net.get_parameters():
+                if "ema." + p.name in params:
+                    params["ema." + p.name].set_data(p.value().copy())
+        self.start_epoch = int(ts["epoch"])
+        self.skip_steps = int(ts.get("step_in_epoch", 0))
+        self.best = {"top1": ts.get("best_top1"), "epoch": ts.get("best_epoch")}
+        self.log.info("resumed from %s: epoch %d, step %d of it, global step %d, lr %.6g", path, self.start_epoch,
+                      self.skip_steps, self._global_step(), self._current_lr())
+
+    # ---- the loop --------------------------------------------------------------------------
+    def fit(self) -> Dict[str, Any]:
+        """Train from start_epoch to epoch_size, validating and checkpointing as configured."""
+        cfg = self.cfg
+        self.log.info("training %s (%d classes) on %s, %s mode: %d images/epoch on %d device(s), batch %d x %d = %d, "
+                      "%d steps/epoch, %d epochs; run dir %s", cfg.model, self.num_classes, self.device,
+                      "graph" if cfg.mode == 0 else "PyNative", self.train_loader.num_images_total, self.dist.world,
+                      cfg.batch_size, self.dist.world, cfg.batch_size * self.dist.world, self.steps_per_epoch,
+                      cfg.epoch_size, os.path.abspath(self.run_dir))
+        old = self._install_signal_handlers()
+        summary: Dict[str, Any] = {}
+        try:
+            for epoch in range(self.start_epoch, cfg.epoch_size):
+                train_stats = self._train_epoch(epoch)
+                val = self._maybe_validate(epoch)
+                summary = self._end_epoch(epoch, train_stats, val)
+        finally:
+            self._restore_signal_handlers(old)
+        summary["run_dir"] = self.run_dir
+        summary["best_checkpoint"] = (os.path.join(self.run_dir, f"{cfg.model}_best.ckpt")
+                                      if self.best["top1"] is not None else None)
+        summary["last_checkpoint"] = self.keeper.latest_path()
+        return summary
+
+    def _epoch_batches(self, epoch: int):
+        import mindspore.dataset as ds
+
+        # A seed per epoch makes the data order of epoch e the same whether or not the run resumed.
+        ds.config.set_seed(self.cfg.seed + epoch)
+        return self.train_loader.dataset.create_tuple_iterator(num_epochs=1)
+
+    def _train_epoch(self, epoch: int) -> Dict[str, float]:
+        cfg, spe = self.cfg, self.steps_per_epoch
+        it = self._epoch_batches(epoch)
+        first = self.skip_steps
+        for _ in range(first):  # mid-epoch resume: the same batches, not trained again
+            next(it)
+        self.skip_steps = 0
+        loss_sum, n_loss = 0.0, 0
+        images_per_step = cfg.batch_size * self.dist.world
+        t0 = time.perf_counter()
+        t_first = None
+        with progress_bar(spe - first, f"epoch {epoch + 1}/{cfg.epoch_size}", self.dist.is_main) as bar:
+            for i in range(first, spe):
+                images, labels = next(it)
+                apply = (i + 1) % self.accum == 0
+                loss = self.step(images, labels, apply) if self.accum > 1 else self.step(images, labels)
+                loss_v = float(loss.asnumpy())
+                if not math.isfinite(loss_v):
+                    self._diverged(epoch, i, loss_v)
+                loss_sum, n_loss = loss_sum + loss_v, n_loss + 1
+                if t_first is None:
+                    t_first = time.perf_counter() - t0  # includes graph compilation
+                    t0 = time.perf_counter()
+                done = i + 1 - first
+                speed = images_per_step * (done - 1) / max(time.perf_counter() - t0, 1e-9) if done > 1 else 0.0
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_sum / n_loss:.4f}", lr=f"{self._current_lr():.5f}",
+                                ips=f"{speed:.0f}")
+                if (i + 1) % cfg.log_interval == 0 or i + 1 == spe:
+                    eta = (spe - i - 1) * (time.perf_counter() - t0) / max(done - 1, 1)
+                    if not bar.visible:
+                        self.log.info("epoch %d/%d step %d/%d loss %.4f lr %.6f %.1f img/s eta %s", epoch + 1,
+                                      cfg.epoch_size, i + 1, spe, loss_sum / n_loss, self._current_lr(), speed,
+                                      format_eta(eta))
+                    self.metrics.write({"type": "step", "epoch": epoch + 1, "step": i + 1,
+                                        "global_step": self._global_step(), "loss": loss_sum / n_loss,
+                                        "lr": self._current_lr(), "img_per_s": speed})
+                if self._stop_signal is not None:
+                    self._interrupt(epoch, i + 1)
+        elapsed = time.perf_counter() - t0
+        steady = images_per_step * max(spe - first - 1, 1) / max(elapsed, 1e-9)
+        return {"loss": loss_sum / max(n_loss, 1), "img_per_s": steady, "first_step_s": t_first or 0.0,
+                "time": elapsed + (t_first or 0.0)}
+
+    def _maybe_validate(self, epoch: int) -> Optional[Dict[str, Any]]:
+        cfg = self.cfg
+        if self.val_loader is None or ((epoch + 1) % cfg.val_interval and epoch + 1 != cfg.epoch_size):
+            return None
+        if self.eval_net is None:
+            self.eval_net = EvalNet(builders.build_model(self.cfg, self.num_classes),
+                                    amp_level_for(self.device, cfg.val_amp_level))
+        self.eval_net.load_from(self.step.parameters_dict(), prefix="ema." if cfg.ema else "")
+        return evaluate(self.eval_net, self.val_loader, self.dist, desc="validate")
+
+    def _end_epoch(self, epoch: int, train_stats: Dict[str, float], val: Optional[Dict[str, Any]]
+                   ) -> Dict[str, Any]:
+        cfg = self.cfg
+        done = epoch + 1
+        improved = val is not None and (self.best["top1"] is None or val["top1"] > self.best["top1"])
+        if improved:
+            self.best = {"top1": val["top1"], "epoch": done}
+        record = {"type": "epoch", "epoch": done, "global_step": self._global_step(), "loss": train_stats["loss"],
+                  "lr": self._current_lr(), "img_per_s": train_stats["img_per_s"], "epoch_time": train_stats["time"]}
+        if val is not None:
+            record.update({"top1": val["top1"], "top5": val["top5"], "val_loss": val["loss"],
+                           "val_images": val["num_images"]})
+        tensors = self._tensors()
+        meta = self._meta(done, 0, val)
+        path = self.keeper.save_epoch(done, self.steps_per_epoch, tensors, meta, last_epoch=done == cfg.epoch_size)
+        if improved:
+            self.keeper.save_best(tensors, meta)
+        self.metrics.write(record)
+        line = (f"epoch {done}/{cfg.epoch_size}: loss {train_stats['loss']:.4f}  lr {self._current_lr():.6f}  "
+                f"{train_stats['img_per_s']:.1f} img/s  {train_stats['time']:.1f}s")
+        if val is not None:
+            line += f"  | {describe(val, 'val')}  | best {self.best['top1']:.2f}% (epoch {self.best['epoch']})"
+        if path:
+            line += f"  | saved {os.path.basename(path)}"
+        self.log.info(line)
+        return {**record, "best_top1": self.best["top1"], "best_epoch": self.best["epoch"]}
+
+    # ---- failure paths --------------------------------------------------------------------
+    def _diverged(self, epoch: int, step: int, loss: float) -> None:
+        last = self.keeper.latest_path()
+        where = f"last good checkpoint: {last}" if last else "no checkpoint was written before it"
+        self.metrics.write({"type": "diverged", "epoch": epoch + 1, "step": step + 1,
+                            "global_step": self._global_step(), "loss": loss})
+        raise TrainingDiverged(f"loss became {loss} at epoch {epoch + 1}, step {step + 1} (global step "
+                               f"{self._global_step()}); training stopped, {where}. Lower lr or enable "
+                               f"clip_grad, then resume from that checkpoint")
+
+    def _install_signal_handlers(self):
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return None
+
+        def handler(signum, frame):  # noqa: ARG001 - the loop saves at the next step boundary
+            self._stop_signal = signum
+
+        return {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    @staticmethod
+    def _restore_signal_handlers(old) -> None:
+        for s, h in (old or {}).items():
+            signal.signal(s, h)
+
+    def _interrupt(self, epoch: int, steps_done: int) -> None:
+        path = None
+        if steps_done == self.steps_per_epoch:
+            meta = self._meta(epoch + 1, 0)
+        else:
+            meta = self._meta(epoch, steps_done)
+        path = self.keeper.save_interrupt(self._tensors(), meta)
+        name = signal.Signals(self._stop_signal).name
+        raise Interrupted(f"{name} received at epoch {epoch + 1}, step {steps_done}: saved resumable checkpoint "
+                          f"{path}; continue with --resume {self.run_dir}")

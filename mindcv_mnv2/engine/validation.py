@@ -1,0 +1,107 @@
+"""validate.py's job: score one checkpoint (ours, MindCV's, or an exported MINDIR) exactly."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any, Dict, Optional
+
+from ..config import Config, ConfigError, resolve_model_defaults
+from ..distributed import init_distributed
+from . import builders
+from .context import amp_level_for, setup_context
+from .evaluator import EvalNet, describe, evaluate
+from .progress import setup_logging
+
+log = logging.getLogger("mindcv_mnv2")
+_EVAL_KEYS = {"image_size": "image_resize", "crop_pct": "crop_pct", "interpolation": "interpolation",
+              "mean": "mean", "std": "std"}
+
+
+def _eval_config(cfg: Config, ckpt_eval: Dict[str, Any]) -> Config:
+    """Eval keys: the recipe's when given, else the checkpoint's, else the model registry's."""
+    from ..models.registry import model_defaults
+
+    fill = {key: ckpt_eval[k] for k, key in _EVAL_KEYS.items()
+            if ckpt_eval.get(k) is not None and getattr(cfg, key) is None}
+    if fill:
+        cfg = cfg.replace(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in fill.items()})
+    return resolve_model_defaults(cfg, model_defaults)
+
+
+def _check_path(ckpt_path: str) -> None:
+    from ..checkpoint import CheckpointError
+
+    if not ckpt_path:
+        raise ConfigError("ckpt_path: validate.py scores a trained checkpoint; pass --ckpt_path FILE "
+                          "(.ckpt or exported .mindir). Refusing to score random weights")
+    if not os.path.exists(ckpt_path):
+        raise CheckpointError(f"ckpt_path: '{ckpt_path}' does not exist")
+    if os.path.isdir(ckpt_path):
+        raise CheckpointError(f"ckpt_path: '{ckpt_path}' is a directory; pass a checkpoint file inside it")
+
+
+def validate(cfg: Config, use_ema: bool = True, output_json: Optional[str] = None,
+             explicit_keys: frozenset = frozenset()) -> Dict[str, Any]:
+    """Evaluate ``cfg.ckpt_path`` on ``data_dir/val_split``; returns top-1/top-5/loss/counts.
+
+    Keys the user did not set (``explicit_keys`` lists those they did) are taken from a
+    self-describing checkpoint: model name, padding and the eval preprocessing.
+    """
+    _check_path(cfg.ckpt_path)
+    device = setup_context(cfg.mode, cfg.device_target, cfg.seed)
+    dist = init_distributed(cfg.distribute, device)
+    setup_logging(None, dist.rank, dist.world)
+    if cfg.ckpt_path.lower().endswith(".mindir"):
+        forward, class_names, cfg, batch = _load_mindir(cfg)
+    else:
+        forward, class_names, cfg, batch = _load_ckpt(cfg, use_ema, device, explicit_keys)
+    loader = builders.build_val_loader(cfg, dist, class_names)
+    if batch is not None and batch != cfg.batch_size:
+        raise ConfigError(f"batch_size: the MINDIR graph was exported for batch {batch}; pass --batch_size {batch}")
+    metrics = evaluate(forward, loader, dist, desc="validate")
+    metrics.update({"checkpoint": os.path.abspath(cfg.ckpt_path), "model": cfg.model, "image_size": cfg.image_resize,
+                    "split": cfg.val_split})
+    if dist.is_main:
+        log.info(describe(metrics, os.path.basename(cfg.ckpt_path)))
+        if output_json:
+            with open(output_json, "w", encoding="utf-8") as fh:
+                json.dump(metrics, fh, indent=1)
+    return metrics
+
+
+def _load_ckpt(cfg: Config, use_ema: bool, device: str, explicit_keys: frozenset):
+    from ..checkpoint import CheckpointError, load_weights, read_checkpoint
+    from ..models import create_model
+
+    tensors, meta = read_checkpoint(cfg.ckpt_path)
+    head = tensors.get("classifier.1.weight")
+    if head is None:
+        raise CheckpointError(f"{cfg.ckpt_path}: no classifier.1.weight inside; not a MobileNetV2 checkpoint of "
+                              f"this toolkit or MindCV")
+    ckpt_classes = int(head.shape[0])
+    num_classes = cfg.num_classes or ckpt_classes
+    if num_classes != ckpt_classes:
+        raise CheckpointError(f"{cfg.ckpt_path}: has {ckpt_classes} classes but num_classes is {num_classes}")
+    if meta.get("model") and "model" not in explicit_keys:
+        cfg = cfg.replace(model=meta["model"])
+    kwargs = {k: v for k, v in (meta.get("model_kwargs") or {}).items() if k in ("padding", "drop_rate")}
+    if "padding" in explicit_keys or "padding" not in kwargs:
+        kwargs["padding"] = cfg.padding
+    kwargs.update(num_classes=num_classes, in_channels=cfg.in_channels)
+    cfg = _eval_config(cfg, meta.get("eval") or {})
+    net = create_model(cfg.model, **kwargs)
+    has_ema = any(k.startswith("ema.") for k in tensors)
+    load_weights(net, tensors, strict=True, use_ema=use_ema)
+    log.info("loaded %s (%s weights, %d classes)", cfg.ckpt_path, "EMA" if use_ema and has_ema else "raw",
+             num_classes)
+    forward = EvalNet(net, amp_level_for(device, cfg.val_amp_level))
+    return forward, meta.get("class_names"), cfg, None
+
+
+def _load_mindir(cfg: Config):
+    from ..export import load_mindir
+
+    graph, info = load_mindir(cfg.ckpt_path)
+    cfg = _eval_config(cfg, info.get("eval") or {})
+    return graph, info.get("class_names"), cfg, info.get("batch_size")

@@ -1,0 +1,64 @@
+"""Optimizers with weight-decay groups that do what their names say."""
+from __future__ import annotations
+
+from typing import Dict, List, Sequence, Union
+
+import numpy as np
+from mindspore import Parameter, Tensor, nn
+
+OPTIMIZERS = ("momentum", "sgd", "rmsprop", "adam", "adamw")
+WD_FILTERS = ("disable", "auto", "norm_and_bias")
+
+
+def _is_norm(p: Parameter) -> bool:
+    return p.name.endswith((".gamma", ".beta"))
+
+
+def _is_bias(p: Parameter) -> bool:
+    return p.name.endswith(".bias")
+
+
+def weight_decay_groups(params: Sequence[Parameter], weight_decay: float, weight_decay_filter: str) -> List[Dict]:
+    """Split parameters into decayed / not-decayed groups.
+
+    disable: every parameter is decayed (MindSpore's implicit BN filter is bypassed on purpose);
+    auto: BatchNorm gamma/beta are not decayed; norm_and_bias: neither BN parameters nor biases.
+    """
+    if weight_decay_filter not in WD_FILTERS:
+        raise ValueError(f"weight_decay_filter: unknown '{weight_decay_filter}', choose one of {', '.join(WD_FILTERS)}")
+    params = [p for p in params if p.requires_grad]
+    if weight_decay_filter == "disable":
+        skip = lambda p: False  # noqa: E731
+    elif weight_decay_filter == "auto":
+        skip = _is_norm
+    else:
+        skip = lambda p: _is_norm(p) or _is_bias(p)  # noqa: E731
+    decay = [p for p in params if not skip(p)]
+    no_decay = [p for p in params if skip(p)]
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return [g for g in groups if g["params"]] + [{"order_params": params}]
+
+
+def create_optimizer(params: Sequence[Parameter], opt: str, lr: Union[float, np.ndarray], *, momentum: float = 0.9,
+                     weight_decay: float = 0.0, weight_decay_filter: str = "disable", use_nesterov: bool = False,
+                     eps: float = 1e-10, rmsprop_decay: float = 0.9) -> nn.Optimizer:
+    """Build the optimizer named by the recipe key ``opt`` with a per-step LR array ``lr``.
+
+    rmsprop has TensorFlow semantics (mean square initialised to 1, epsilon inside the root),
+    which is how TF-slim trained MobileNetV2.
+    """
+    groups = weight_decay_groups(params, weight_decay, weight_decay_filter)
+    lr_t = Tensor(np.asarray(lr, np.float32)) if isinstance(lr, np.ndarray) else float(lr)
+    if opt == "momentum":
+        return nn.Momentum(groups, lr_t, momentum=momentum, use_nesterov=use_nesterov)
+    if opt == "sgd":
+        return nn.SGD(groups, lr_t, momentum=momentum, nesterov=use_nesterov)
+    if opt == "rmsprop":
+        return nn.RMSProp(groups, lr_t, decay=rmsprop_decay, momentum=momentum, epsilon=eps)
+    if opt == "adam":
+        return nn.Adam(groups, lr_t, eps=eps, use_nesterov=use_nesterov)
+    if opt == "adamw":
+        return nn.AdamWeightDecay(groups, lr_t, eps=eps)
+    raise ValueError(f"opt: unknown '{opt}', choose one of {', '.join(OPTIMIZERS)}")
