@@ -1,0 +1,281 @@
+"""Classify image files with a checkpoint: top-k class names and softmax probabilities.
+
+Usage::
+
+    python -m mindcv_mnv2.predict --ckpt_path X.ckpt img1.jpg photos/ ... [--top_k 5]
+        [--labels FILE] [--batch_size 32] [--json]
+
+Preprocessing follows the checkpoint's eval facts, as validation does: decode to RGB, resize the
+shorter side to ``int(image_size / crop_pct)``, center-crop ``image_size``, normalize with
+``mean``/``std`` on 0-255 pixels. Like the validation pipeline, EXIF orientation is not applied.
+Class names come from ``--labels``, else the checkpoint meta, else ``class_<i>``.
+
+Exit codes: 0 all images classified, 1 some files failed (each reported, the rest classified),
+2 bad request (checkpoint, label file, no images).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+_WNID = re.compile(r"^n\d{8}$")
+
+
+class PredictError(ValueError):
+    """A bad prediction request (labels, paths, sizes); the message names the culprit and fix."""
+
+
+# ----------------------------------------------------------------------------- labels
+def read_labels(path: str, num_classes: Optional[int] = None) -> List[str]:
+    """Class names from a label file: one name per line, or 'index name' / 'wnid name' lines.
+
+    A ``.json`` file may hold a list of names or ImageNet's {"0": ["n01440764", "tench"], ...}.
+    """
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except OSError as exc:
+        raise PredictError(f"cannot read label file {path}: {exc.strerror}") from None
+    names = _parse_json_labels(text, path) if path.lower().endswith(".json") else _parse_text_labels(text, path)
+    if num_classes is not None and len(names) != num_classes:
+        raise PredictError(f"label file {path} has {len(names)} classes but the model has {num_classes}; "
+                           "pass the label file that belongs to this checkpoint")
+    return names
+
+
+def _parse_text_labels(text: str, path: str) -> List[str]:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        raise PredictError(f"label file {path} is empty")
+    firsts = [line.split(None, 1) for line in lines]
+    if all(len(p) == 2 and p[0].isdigit() for p in firsts):  # "index name"
+        by_index = {int(p[0]): p[1].strip() for p in firsts}
+        if sorted(by_index) != list(range(len(lines))):
+            raise PredictError(f"label file {path}: 'index name' lines must number 0..{len(lines) - 1} "
+                               "exactly once each")
+        return [by_index[i] for i in range(len(lines))]
+    if all(len(p) == 2 and _WNID.match(p[0]) for p in firsts):  # "n01440764 tench, Tinca tinca"
+        return [p[1].strip() for p in firsts]
+    return lines
+
+
+def _parse_json_labels(text: str, path: str) -> List[str]:
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise PredictError(f"label file {path} is not valid JSON ({exc})") from None
+    if isinstance(data, list) and all(isinstance(n, str) for n in data):
+        return list(data)
+    if isinstance(data, dict) and all(str(k).isdigit() for k in data):
+        keys = sorted(int(k) for k in data)
+        if keys == list(range(len(keys))):
+            vals = [data[str(k)] for k in keys]
+            return [v[-1] if isinstance(v, list) else str(v) for v in vals]
+    raise PredictError(f"label file {path}: expected a JSON list of names or {{\"0\": [wnid, name], ...}}")
+
+
+def class_names_for(meta: Mapping[str, Any], num_classes: int,
+                    labels: Union[None, str, Sequence[str]] = None) -> List[str]:
+    """Names to print: a label file / list if given, else the checkpoint's, else class_<i>."""
+    if isinstance(labels, str):
+        return read_labels(labels, num_classes)
+    if labels is not None:
+        names = [str(n) for n in labels]
+        if len(names) != num_classes:
+            raise PredictError(f"{len(names)} labels given but the model has {num_classes} classes")
+        return names
+    names = meta.get("class_names")
+    if names and len(names) == num_classes:
+        return [str(n) for n in names]
+    return [f"class_{i}" for i in range(num_classes)]
+
+
+# ----------------------------------------------------------------------------- images
+def collect_images(paths: Sequence[str]) -> List[Tuple[str, Optional[str]]]:
+    """(file, error) in the order given, directories walked (sorted); error set for missing paths."""
+    entries: List[Tuple[str, Optional[str]]] = []
+    for path in paths:
+        if os.path.isdir(path):
+            found = []
+            for root, dirs, names in os.walk(path):
+                dirs[:] = [d for d in dirs if not d.startswith(".")]
+                found += [os.path.join(root, n) for n in names
+                          if n.lower().endswith(IMAGE_EXTENSIONS) and not n.startswith(".")]
+            entries += [(f, None) for f in sorted(found)]
+        elif os.path.isfile(path):
+            entries.append((path, None))  # an explicitly named file is tried whatever its extension
+        else:
+            entries.append((path, "no such file or directory"))
+    return entries
+
+
+def _to_rgb(img: Any) -> Any:
+    """Any PIL image (L, LA, P, RGBA, CMYK, I;16, F ...) as 8-bit RGB."""
+    from PIL import Image
+
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I") and arr.max() > 255 else 255.0
+        img = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    return img.convert("RGB")
+
+
+_RESAMPLE = {"bilinear": "BILINEAR", "bicubic": "BICUBIC", "nearest": "NEAREST", "area": "BOX",
+             "box": "BOX", "lanczos": "LANCZOS", "hamming": "HAMMING"}
+
+
+def preprocess(path: str, eval_facts: Mapping[str, Any]) -> np.ndarray:
+    """One image file -> normalized CHW float32 array (resize shorter side, center crop)."""
+    from PIL import Image
+
+    size = int(eval_facts["image_size"])
+    crop_pct = float(eval_facts.get("crop_pct", 0.875))
+    interp = str(eval_facts.get("interpolation", "bilinear")).lower()
+    resample = getattr(Image.Resampling, _RESAMPLE.get(interp, "BILINEAR"))
+    with Image.open(path) as img:
+        img = _to_rgb(img)
+    w, h = img.size
+    short = int(size / crop_pct)
+    # shorter side -> `short`, aspect ratio kept (as the validation Resize(int) does)
+    new_w, new_h = (short, max(1, int(h * short / w))) if w <= h else (max(1, int(w * short / h)), short)
+    img = img.resize((new_w, new_h), resample)
+    arr = np.asarray(img, dtype=np.float32)
+    arr = _center_crop(arr, size)
+    mean = np.asarray(eval_facts.get("mean", (0.0, 0.0, 0.0)), np.float32)
+    std = np.asarray(eval_facts.get("std", (1.0, 1.0, 1.0)), np.float32)
+    return np.ascontiguousarray(((arr - mean) / std).transpose(2, 0, 1))
+
+
+def _center_crop(arr: np.ndarray, size: int) -> np.ndarray:
+    h, w = arr.shape[:2]
+    if h < size or w < size:  # crop_pct > 1: zero-pad to the crop size first, centred
+        ph, pw = max(size - h, 0), max(size - w, 0)
+        arr = np.pad(arr, ((ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0)))
+        h, w = arr.shape[:2]
+    top = int(round((h - size) / 2.0))
+    left = int(round((w - size) / 2.0))
+    return arr[top:top + size, left:left + size]
+
+
+def _load_one(path: str, facts: Mapping[str, Any]) -> Tuple[Optional[np.ndarray], Optional[str]]:
+    from PIL import UnidentifiedImageError
+
+    try:
+        return preprocess(path, facts), None
+    except UnidentifiedImageError:
+        return None, "not an image file (PIL cannot identify it)"
+    except (OSError, ValueError, SyntaxError) as exc:  # truncated/corrupt files raise these
+        return None, f"unreadable image ({exc})"
+
+
+# ----------------------------------------------------------------------------- inference
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax in float64 (stable), returned as float32."""
+    z = logits.astype(np.float64)
+    z -= z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def _top_k(probs: np.ndarray, k: int, names: Sequence[str]) -> List[Dict[str, Any]]:
+    order = np.argsort(-probs, kind="stable")[:k]
+    return [{"index": int(i), "label": names[int(i)], "prob": float(probs[i])} for i in order]
+
+
+def predict(ckpt_path: str, paths: Sequence[str], top_k: int = 5,
+            labels: Union[None, str, Sequence[str]] = None, batch_size: int = 32) -> List[Dict[str, Any]]:
+    """Classify images; one dict per file: {"path", "top_k": [{"index", "label", "prob"}]} or {"path", "error"}."""
+    import mindspore as ms
+
+    from mindcv_mnv2.checkpoint import load_model
+
+    if isinstance(paths, str):
+        paths = [paths]
+    if not isinstance(top_k, int) or top_k < 1:
+        raise PredictError(f"top_k must be an integer >= 1, got {top_k!r}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise PredictError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    entries = collect_images(paths)
+    if not any(err is None for _, err in entries):
+        raise PredictError(f"no images found in {', '.join(map(str, paths)) or '(no paths given)'} "
+                           f"(looked for {', '.join(IMAGE_EXTENSIONS)} files)")
+    net = load_model(ckpt_path)
+    net.set_train(False)
+    meta = getattr(net, "checkpoint_meta", None) or {}
+    names = class_names_for(meta, int(net.num_classes), labels)
+    facts = meta.get("eval") or {}
+    if not facts.get("image_size"):
+        raise PredictError(f"{ckpt_path} records no eval image size; it cannot say how to preprocess")
+    k = min(top_k, len(names))
+    results: List[Dict[str, Any]] = []
+    pending: List[Tuple[int, np.ndarray]] = []  # (index into results, preprocessed image)
+
+    def flush() -> None:
+        probs = softmax(net(ms.Tensor(np.stack([a for _, a in pending]))).asnumpy())
+        for (i, _), p in zip(pending, probs):
+            results[i]["top_k"] = _top_k(p, k, names)
+        pending.clear()
+
+    for path, err in entries:
+        arr = None
+        if err is None:
+            arr, err = _load_one(path, facts)
+        results.append({"path": path, "error": err} if err else {"path": path})
+        if arr is not None:
+            pending.append((len(results) - 1, arr))
+            if len(pending) == batch_size:
+                flush()
+    if pending:
+        flush()
+    return results
+
+
+# ----------------------------------------------------------------------------- CLI
+def _print_text(results: Sequence[Mapping[str, Any]]) -> None:
+    for r in results:
+        if "error" in r:
+            print(f"{r['path']}: ERROR: {r['error']}")
+            continue
+        print(r["path"])
+        for rank, t in enumerate(r["top_k"], 1):
+            print(f"  {rank}. {t['label']} ({t['index']}) {t['prob']:.4f}")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """CLI entry point: 0 all classified, 1 some files failed, 2 bad request."""
+    parser = argparse.ArgumentParser(prog="python -m mindcv_mnv2.predict",
+                                     description="Classify images with a checkpoint (top-k + softmax).")
+    parser.add_argument("--ckpt_path", required=True, help="checkpoint to use")
+    parser.add_argument("paths", nargs="+", help="image files and/or directories (walked recursively)")
+    parser.add_argument("--top_k", type=int, default=5, help="classes to print per image")
+    parser.add_argument("--labels", default=None, help="label file (one name per line, or 'index name' / "
+                        "'wnid name' lines); default: the checkpoint's class names")
+    parser.add_argument("--batch_size", type=int, default=32, help="images per inference batch")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    args = parser.parse_args(argv)
+    try:
+        results = predict(args.ckpt_path, args.paths, top_k=args.top_k, labels=args.labels,
+                          batch_size=args.batch_size)
+    except ValueError as exc:  # PredictError, CheckpointError
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        _print_text(results)
+    failed = sum("error" in r for r in results)
+    if failed:
+        print(f"error: {failed} of {len(results)} file(s) could not be classified", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
