@@ -4,8 +4,10 @@ Usage: ``python -m mindcv_mnv2.tools.convert_keras IN.h5 OUT.ckpt [--class_names
 
 The .h5 is read with h5py only (no TensorFlow/Keras needed). Layers are found BY NAME wherever
 they sit (``model_weights/`` or the file root, possibly inside an outer model), so Keras 2 and
-Keras 3 legacy-h5 files, ``model.save`` and ``save_weights`` files all work. Tensor layouts:
-conv HWIO -> OIHW, depthwise (H, W, C, 1) -> (C, 1, H, W), dense (in, out) -> (out, in); Keras's
+Keras 3 legacy-h5 files, ``model.save`` and ``save_weights`` files all work (variables stored as
+``<layer>/vars/0..N`` are matched by position: kernel, bias / gamma, beta, mean, variance).
+Without a model config in the file, BN epsilon 1e-3 and the width's default size are assumed.
+Tensor layouts: conv HWIO -> OIHW, depthwise (H, W, C, 1) -> (C, 1, H, W), dense (in, out) -> (out, in); Keras's
 BatchNorm epsilon (1e-3) is folded exactly into the network's (1e-5) through the moving variance.
 The network is built with ``padding="tf_same"``: Keras pads stride-2 layers bottom/right.
 """
@@ -87,7 +89,7 @@ def _collect_layers(root: Any) -> Dict[str, Dict[str, np.ndarray]]:
     layers: Dict[str, Dict[str, np.ndarray]] = {}
     origin: Dict[Tuple[str, str], str] = {}
     for rel, ds in _leaf_weights(root):
-        if rel.split("/")[0] == "optimizer_weights":
+        if rel.split("/")[0] in ("optimizer_weights", "optimizer"):
             continue
         split = _split_weight_path(rel)
         if split is None:
@@ -104,11 +106,8 @@ def _collect_layers(root: Any) -> Dict[str, Dict[str, np.ndarray]]:
         if any(w.startswith("#") for w in weights):
             order = sorted(weights, key=lambda w: int(w[1:]))
             names = _ORDINAL.get(len(order))
-            if names is None:
-                raise KerasConversionError(f"layer '{name}' has {len(order)} unnamed variables; cannot tell "
-                                           "which is which (expected 1 for a conv, 2 for Dense, 4 for BatchNorm)")
-            if len(order) == 1 and weights[order[0]].ndim == 1:
-                names = ("bias",)
+            if names is None:  # not a conv/Dense/BN layer (e.g. optimizer state): keep as is
+                continue
             layers[name] = {n: weights[w] for n, w in zip(names, order)}
     return layers
 
@@ -363,11 +362,9 @@ def _bn_eps_of(net: Any) -> float:
 def convert_keras(h5_path: str, ckpt_path: str, model_name: Optional[str] = None,
                   class_names: Optional[List[str]] = None) -> Dict[str, Any]:
     """Convert a Keras MobileNetV2 .h5 into a self-describing checkpoint; returns the meta written."""
-    from mindcv_mnv2.checkpoint import model_meta, save_checkpoint
-    from mindcv_mnv2.models import create_model
     from mindcv_mnv2.models.registry import get_spec
 
-    model = read_keras_h5(h5_path)
+    model = read_keras_h5(h5_path)  # validate the input before paying for the MindSpore import
     check_backbone(model)
     width = infer_width(model)
     check_padding(model)
@@ -388,6 +385,9 @@ def convert_keras(h5_path: str, ckpt_path: str, model_name: Optional[str] = None
                                    f"is alpha {width}; pick a mobilenet_v2_{KERAS_ALPHAS[width]}* name")
     model_kwargs = {"width_mult": width, "num_classes": num_classes, "in_channels": 3,
                     "padding": "tf_same", "drop_rate": 0.2}
+    from mindcv_mnv2.checkpoint import model_meta, save_checkpoint
+    from mindcv_mnv2.models import create_model
+
     net = create_model(model_name, num_classes=num_classes, padding="tf_same")
     params = keras_to_mindcv(model, target_eps=_bn_eps_of(net))
     _check_against_net(net, params, h5_path)
@@ -396,6 +396,7 @@ def convert_keras(h5_path: str, ckpt_path: str, model_name: Optional[str] = None
     meta = model_meta(model_name, model_kwargs, class_names=class_names, eval_facts=eval_facts)
     meta["source"] = {"kind": "keras_h5", "file": os.path.basename(h5_path),
                       "keras_version": model.keras_version, "dense_layer": head,
+                      "input_size": list(model.input_size) if model.input_size else None,
                       "bn_epsilon": sorted(set(model.bn_epsilon.values())) or [_KERAS_BN_EPS]}
     save_checkpoint(ckpt_path, params, meta)
     return meta
