@@ -1,0 +1,53 @@
+"""Shared pytest fixtures: MindSpore on CPU, execution-mode switches, paths to ../shared fixtures."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / ".." / "shared" / "fixtures"
+
+
+@pytest.fixture(scope="session")
+def ms_cpu():
+    """MindSpore imported and pinned to the CPU backend."""
+    import mindspore as ms
+    ms.set_device("CPU")
+    return ms
+
+
+def _mode(ms, mode):
+    previous = ms.get_context("mode")
+    ms.set_context(mode=mode)
+    return previous
+
+
+@pytest.fixture
+def pynative(ms_cpu):
+    """Run the test in PyNative mode (restores the previous mode afterwards)."""
+    previous = _mode(ms_cpu, ms_cpu.PYNATIVE_MODE)
+    yield ms_cpu
+    ms_cpu.set_context(mode=previous)
+
+
+@pytest.fixture
+def graph(ms_cpu):
+    """Run the test in graph mode (restores the previous mode afterwards)."""
+    previous = _mode(ms_cpu, ms_cpu.GRAPH_MODE)
+    yield ms_cpu
+    ms_cpu.set_context(mode=previous)
+
+
+@pytest.fixture(scope="session")
+def shared_fixtures() -> Path:
+    """../shared/fixtures; tests using it skip when the shared directory is absent."""
+    if not FIXTURES.is_dir():
+        pytest.skip(f"shared fixtures not found at {FIXTURES.resolve()} (../shared is absent)")
+    return FIXTURES
+
+
+@pytest.fixture(scope="session")
+def mindcv_fixtures(shared_fixtures: Path) -> Path:
+    """../shared/fixtures/mindcv (MindCV parameter lists and the width-0.35 checkpoint)."""
+    return shared_fixtures / "mindcv"
