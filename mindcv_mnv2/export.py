@@ -123,11 +123,11 @@ def _write_onnx(net: Any, x: Any, target: str, meta: Dict[str, Any]) -> None:
 def export_model(ckpt_path: str, fmt: str, image_size: Optional[int] = None, batch_size: int = 1,
                  output: Optional[str] = None, use_ema: bool = True) -> str:
     """Export a checkpoint to MINDIR or ONNX (written atomically, mode 0644); returns the path."""
+    fmt = _check_request(fmt, image_size, batch_size)  # before paying for the MindSpore import
     import mindspore as ms
 
     from mindcv_mnv2.checkpoint import load_model
 
-    fmt = _check_request(fmt, image_size, batch_size)
     net = load_model(ckpt_path, use_ema=use_ema)
     net.set_train(False)
     meta = getattr(net, "checkpoint_meta", None) or {}
