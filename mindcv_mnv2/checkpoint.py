@@ -64,6 +64,8 @@ def save_checkpoint(path: str, params: Mapping[str, Any], meta: Optional[Mapping
     path = os.fspath(path)
     if os.path.isdir(path):
         raise CheckpointError(f"cannot save checkpoint to '{path}': it is a directory; give a file name")
+    if not path.endswith(".ckpt"):
+        raise CheckpointError(f"cannot save checkpoint to '{path}': the file name must end with .ckpt")
     directory = os.path.dirname(os.path.abspath(path))
     try:
         os.makedirs(directory, exist_ok=True)

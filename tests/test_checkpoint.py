@@ -103,6 +103,8 @@ def test_failed_save_keeps_previous_file(tmp_path, monkeypatch, exc, reason):
 def test_save_refuses_bad_targets(tmp_path, monkeypatch):
     with pytest.raises(CheckpointError, match="is a directory"):
         save_checkpoint(str(tmp_path), {"w": np.zeros(1)})
+    with pytest.raises(CheckpointError, match="must end with .ckpt"):
+        save_checkpoint(str(tmp_path / "a.bin"), {"w": np.zeros(1)})
     with pytest.raises(CheckpointError, match="reserved"):
         save_checkpoint(str(tmp_path / "a.ckpt"), {"mnv2_meta": np.zeros(1)})
     with pytest.raises(CheckpointError, match="JSON"):

@@ -147,7 +147,8 @@ class TFSameConv2d(nn.Conv2d):
         pad_w = max(pad_w, 0)
         top = pad_h // 2
         left = pad_w // 2
-        x = ops.pad(x, (left, pad_w - left, top, pad_h - top))
+        # ops.Pad (not ops.pad -> PadV3) so the graph also exports to ONNX
+        x = ops.Pad(((0, 0), (0, 0), (top, pad_h - top), (left, pad_w - left)))(x)
         return self.conv2d(x, self.weight)
 
 
