@@ -20,8 +20,10 @@ def _user_errors() -> tuple:
     from .checkpoint import CheckpointError
     from .data import DataError
     from .distributed import DistributedError
+    from .models import UnknownModelError
 
-    return (ConfigError, CheckpointError, DataError, DistributedError, FileNotFoundError, PermissionError)
+    return (ConfigError, CheckpointError, DataError, DistributedError, UnknownModelError, FileNotFoundError,
+            PermissionError)
 
 
 def run(argv: Sequence[str], prog: str, job: Callable[[Config, argparse.Namespace], object],
@@ -50,14 +52,18 @@ def run(argv: Sequence[str], prog: str, job: Callable[[Config, argparse.Namespac
     try:
         job(cfg, extras)
     except _user_errors() as exc:
-        logging.getLogger("mindcv_mnv2").error("%s: error: %s", prog, exc)
-        if not logging.getLogger("mindcv_mnv2").handlers:
-            print(f"{prog}: error: {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR
+        return _report(f"{prog}: error: {exc}", EXIT_USER_ERROR)
     except TrainingDiverged as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return EXIT_DIVERGED
+        return _report(f"{prog}: error: {exc}", EXIT_DIVERGED)
     except Interrupted as exc:
-        print(f"{prog}: {exc}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return _report(f"{prog}: {exc}", EXIT_INTERRUPTED)
     return 0
+
+
+def _report(message: str, status: int) -> int:
+    """One line on stderr, also kept in the run's log file when there is one."""
+    print(message, file=sys.stderr)
+    for handler in logging.getLogger("mindcv_mnv2").handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.emit(logging.makeLogRecord({"msg": message, "levelname": "ERROR", "levelno": logging.ERROR}))
+    return status

@@ -51,7 +51,11 @@ class NetWithLoss(nn.Cell):
 
 
 class TrainStep(nn.Cell):
-    """``loss = step(images, labels)``: one optimizer update (or one accumulation micro-step).
+    """``loss = step(images, labels)``: one optimizer update.
+
+    With ``accumulate`` N > 1, call ``AccumulateStep(step)(images, labels)`` for the first N-1
+    batches (gradients are only added up) and ``step(images, labels)`` for the N-th (update);
+    two compiled cells sharing every Parameter keep both graphs free of branches.
 
     EMA weights are Parameters named ``ema.<param>`` (MindCV's naming), so they are saved
     and restored with the checkpoint like any other tensor.
@@ -67,11 +71,12 @@ class TrainStep(nn.Cell):
         self.weights = optimizer.parameters
         self.grad = C.GradOperation(get_by_list=True, sens_param=True)
         self.hyper_map = C.HyperMap()
-        self.loss_scale = Parameter(Tensor(loss_scale, ms.float32), name="loss_scale", requires_grad=False)
+        self.loss_scale = Parameter(Tensor(loss_scale, ms.float32), name="scale_sense", requires_grad=False)
         self.dynamic = dynamic_loss_scale
         self.check_overflow = dynamic_loss_scale or drop_overflow_update
         self.scale_window = scale_window
-        self.good_steps = Parameter(Tensor(0, ms.int32), name="loss_scale_good_steps", requires_grad=False)
+        self.good_steps = Parameter(Tensor(0, ms.int32), name="optimizer.loss_scale_good_steps",
+                                    requires_grad=False)
         self.clip_grad = clip_grad
         self.clip_value = clip_value
         self.use_ema = ema_decay is not None
@@ -83,18 +88,17 @@ class TrainStep(nn.Cell):
         self.accumulate = accumulate
         if accumulate > 1:
             self.accum = self.weights.clone(prefix="accum", init="zeros")
+            self.inv_accumulate = Tensor(1.0 / accumulate, ms.float32)
         self.reducer = grad_reducer
         self.use_reducer = grad_reducer is not None
 
-    def construct(self, images, labels, apply_update=True):
+    def construct(self, images, labels):
         loss = self.net_with_loss(images, labels)
         sens = F.fill(loss.dtype, loss.shape, 1.0) * F.cast(self.loss_scale, loss.dtype)
         grads = self.grad(self.net_with_loss, self.weights)(images, labels, sens)
         if self.accumulate > 1:
             grads = F.depend(grads, self.hyper_map(_accumulate, self.accum, grads))
-            if not apply_update:
-                return loss
-            grads = self.hyper_map(F.partial(_unscale, 1.0 / self.accumulate), self.accum)
+            grads = self.hyper_map(F.partial(_unscale, self.inv_accumulate), self.accum)
         if self.use_reducer:
             grads = self.reducer(grads)
         grads = self.hyper_map(F.partial(_unscale, 1.0 / self.loss_scale), grads)
@@ -130,3 +134,22 @@ class TrainStep(nn.Cell):
         else:
             F.assign(self.loss_scale, ops.maximum(self.loss_scale / 2.0, 1.0))
             F.assign(self.good_steps, F.zeros_like(self.good_steps))
+
+
+class AccumulateStep(nn.Cell):
+    """Forward/backward that only adds the (scaled) gradients into the step's ``accum.*`` buffers."""
+
+    def __init__(self, step: TrainStep) -> None:
+        super().__init__(auto_prefix=False)
+        self.net_with_loss = step.net_with_loss
+        self.weights = step.weights
+        self.accum = step.accum
+        self.loss_scale = step.loss_scale
+        self.grad = C.GradOperation(get_by_list=True, sens_param=True)
+        self.hyper_map = C.HyperMap()
+
+    def construct(self, images, labels):
+        loss = self.net_with_loss(images, labels)
+        sens = F.fill(loss.dtype, loss.shape, 1.0) * F.cast(self.loss_scale, loss.dtype)
+        grads = self.grad(self.net_with_loss, self.weights)(images, labels, sens)
+        return F.depend(loss, self.hyper_map(_accumulate, self.accum, grads))

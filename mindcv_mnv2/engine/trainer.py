@@ -18,6 +18,7 @@ from . import builders
 from .checkpointing import CheckpointKeeper, find_resume_checkpoint
 from .context import amp_level_for, setup_context
 from .evaluator import EvalNet, describe, evaluate
+from .train_step import AccumulateStep
 from .progress import MetricsWriter, format_eta, progress_bar, setup_logging
 
 # Optimizer/step state that is rebuilt rather than restored.
@@ -93,6 +94,7 @@ class Trainer:
         self.loss_fn = builders.build_loss(cfg, self.num_classes)
         self.step = builders.build_train_step(cfg, self.net, self.loss_fn, self.optimizer, self.dist)
         self.step.set_train(True)
+        self.micro_step = AccumulateStep(self.step) if self.accum > 1 else None
         self.keeper = CheckpointKeeper(self.run_dir, cfg.model, cfg.keep_checkpoint_max, cfg.ckpt_save_interval,
                                        cfg.ckpt_save_policy, enabled=self.dist.is_main)
         self.start_epoch, self.skip_steps = 0, 0
@@ -236,8 +238,9 @@ class Trainer:
     def _epoch_batches(self, epoch: int):
         import mindspore.dataset as ds
 
-        # A seed per epoch makes the data order of epoch e the same whether or not the run resumed.
+        # Order and augmentation of epoch e depend only on (seed, e), so a resumed run sees the same data.
         ds.config.set_seed(self.cfg.seed + epoch)
+        self.train_loader.set_epoch(epoch)
         return self.train_loader.dataset.create_tuple_iterator(num_epochs=1)
 
     def _train_epoch(self, epoch: int) -> Dict[str, float]:
@@ -254,8 +257,8 @@ class Trainer:
         with progress_bar(spe - first, f"epoch {epoch + 1}/{cfg.epoch_size}", self.dist.is_main) as bar:
             for i in range(first, spe):
                 images, labels = next(it)
-                apply = (i + 1) % self.accum == 0
-                loss = self.step(images, labels, apply) if self.accum > 1 else self.step(images, labels)
+                micro = self.accum > 1 and (i + 1) % self.accum != 0
+                loss = self.micro_step(images, labels) if micro else self.step(images, labels)
                 loss_v = float(loss.asnumpy())
                 if not math.isfinite(loss_v):
                     self._diverged(epoch, i, loss_v)
