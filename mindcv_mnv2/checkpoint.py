@@ -13,11 +13,15 @@ tensors, a file written by this project holds one string entry ``mnv2_meta``: a 
       "class_names": ["tench", ...] | null,     # index -> name, len == num_classes
       "eval": {"image_size": 224, "crop_pct": 0.875, "interpolation": "bilinear",
                "mean": [123.675, 116.28, 103.53], "std": [58.395, 57.12, 57.375]},
-      # written by the training engine (optional for other writers):
+      # written by the training engine (optional for other writers; the engine may nest the
+      # loop counters under "train_state"):
       "epoch": int, "global_step": int, "steps_per_epoch": int, "best_metric": float | null,
       "config": {...},                          # the run's resolved config
       "has_ema": bool                           # "ema.<param>" copies are in the file
     }
+
+Readers must tolerate extra keys (e.g. "source" from the Keras converter); ``load_model`` only
+needs "model_kwargs".
 
 ``model_meta()`` fills the first five keys consistently. Foreign files (MindCV's) have no meta;
 ``load_model`` then infers the width and class count from tensor shapes.
