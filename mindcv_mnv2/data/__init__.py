@@ -11,6 +11,7 @@ _LAZY = {
     "parse_auto_augment": ".transforms",
     "interpolation_mode": ".transforms",
     "RandomErasing": ".transforms",
+    "CentralCrop": ".transforms",
     "IMAGENET_MEAN": ".transforms",
     "IMAGENET_STD": ".transforms",
     "DEFAULT_CROP_PCT": ".transforms",
@@ -18,6 +19,8 @@ _LAZY = {
     "Loader": ".loader",
     "shard_indices": ".loader",
     "verify_images": ".loader",
+    "pipeline_error": ".loader",
+    "measure_throughput": ".loader",
     "Mixup": ".mixup",
     "one_hot_smooth": ".mixup",
 }

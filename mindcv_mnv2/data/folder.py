@@ -5,17 +5,20 @@ passes the training split's list), so train and val can never disagree silently.
 
 Broken files are handled here, before any MindSpore pipeline exists, because a decode failure
 inside a pipeline surfaces as a C++ "Exception thrown from dataset pipeline" in the middle of an
-epoch. Each file with an image extension is opened once and its first bytes are checked
-(``check_files=True``, the default; a thread pool keeps this fast on large trees):
+epoch. Each file with an image extension is opened once and its first 16 and (JPEG/PNG) last 4 KB
+are checked (``check_files=True``, the default; a thread pool keeps this fast on large trees).
+Skipped, recorded in ``ImageList.skipped`` with the reason and reported in one warning:
 
-- a zero-byte file, a file whose signature is not JPEG/PNG/BMP/TIFF (an HTML error page saved
-  as .jpg, a macOS ``._x.jpg`` resource fork) and a format the decoder cannot read (GIF, WebP
-  renamed .jpg) are skipped, recorded in ``ImageList.skipped`` with the reason, and reported in
-  one warning;
-- a file whose bytes are truncated or damaged after a valid header cannot be recognised without
-  decoding it. libjpeg decodes many such files (grey bottom, a warning on stderr); the rest fail
-  in the pipeline. :func:`mindcv_mnv2.data.verify_images` decodes every file once (C++ Decode)
-  and names the ones that fail, for a one-off check of a new dataset.
+- a zero-byte file; a file with no JPEG/PNG/BMP/TIFF signature (an HTML error page saved as
+  .jpg, a macOS ``._x.jpg`` resource fork); GIF or WebP data the decoder cannot read;
+- a truncated JPEG (no end-of-image marker) or PNG (no IEND chunk), the usual result of an
+  interrupted download or copy; libjpeg decodes some of them with a grey bottom and fails on
+  others, depending on where the cut falls.
+
+Not detectable without decoding: damage inside a file whose header and end are intact. libjpeg
+decodes most such files (a garbled region, a warning on stderr); one that still fails stops the
+pipeline with MindSpore's error. :func:`mindcv_mnv2.data.verify_images` decodes every file once
+(C++ Decode) and names those, for a one-off check of a new dataset.
 """
 from __future__ import annotations
 
@@ -39,6 +42,8 @@ _SIGNATURES: Tuple[Tuple[bytes, str], ...] = (
     (b"II*\x00", "tiff"),
     (b"MM\x00*", "tiff"),
 )
+# Valid files may carry a little trailing data after the end marker; look this far back for it.
+_TAIL_BYTES = 4096
 _UNSUPPORTED_SIGNATURES: Tuple[Tuple[bytes, str], ...] = (
     (b"GIF87a", "GIF"),
     (b"GIF89a", "GIF"),
@@ -75,17 +80,26 @@ class ImageList:
 
 
 def sniff_image(path: str) -> Optional[str]:
-    """Why ``path`` cannot be an image the decoder reads (None when its header looks fine)."""
+    """Why ``path`` cannot be an image the decoder reads (None when header and end look fine)."""
     try:
         with open(path, "rb") as fh:
             head = fh.read(16)
+            kind = next((k for sig, k in _SIGNATURES if head.startswith(sig)), None)
+            tail = b""
+            if kind in ("jpeg", "png"):
+                size = os.fstat(fh.fileno()).st_size
+                fh.seek(max(16, size - _TAIL_BYTES))
+                tail = head[-2:] + fh.read()
     except OSError as exc:
         return f"unreadable ({exc.strerror})"
     if not head:
         return "zero-byte file"
-    for sig, _ in _SIGNATURES:
-        if head.startswith(sig):
-            return None
+    if kind == "jpeg" and b"\xff\xd9" not in tail:
+        return "truncated JPEG (no end-of-image marker); re-download or delete it"
+    if kind == "png" and b"IEND" not in tail:
+        return "truncated PNG (no IEND chunk); re-download or delete it"
+    if kind is not None:
+        return None
     for sig, name in _UNSUPPORTED_SIGNATURES:
         if head.startswith(sig):
             return f"{name} data, which the decoder cannot read; convert it to JPEG or PNG"
