@@ -416,7 +416,8 @@ def _check_against_net(net: Any, params: Mapping[str, np.ndarray], source: str) 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """CLI: convert IN.h5 to OUT.ckpt; prints one error line and returns 2 on bad input."""
-    parser = argparse.ArgumentParser(prog="python -m mindcv_mnv2.tools.convert_keras", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m mindcv_mnv2.tools.convert_keras",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("h5_path", help="Keras MobileNetV2 saved as .h5")
     parser.add_argument("ckpt_path", help="checkpoint to write")
     parser.add_argument("--class_names", help="text file with one class name per line")
