@@ -118,6 +118,17 @@ def _params(source: str, size: int, fmt: str, limit_train: Optional[int], limit_
             "limit_train": limit_train, "limit_val": limit_val}
 
 
+def _ours(out_dir: str) -> bool:
+    """Whether train/ and val/ in out_dir were (partly) written by this tool, so may be replaced."""
+    if os.path.exists(os.path.join(out_dir, MARKER)) or os.path.exists(os.path.join(out_dir, BUILDING)):
+        return True
+    for split in FILES:
+        path = os.path.join(out_dir, split)
+        if os.path.exists(path) and not (os.path.isdir(path) and set(os.listdir(path)) <= set(CLASS_NAMES)):
+            return False
+    return True
+
+
 def _remove_ours(out_dir: str) -> None:
     for name in ("train", "val", ".partial", MARKER):
         path = os.path.join(out_dir, name)
@@ -161,8 +172,7 @@ def prepare_fashion_mnist(out_dir: str, source: Optional[str] = None, size: int 
 
     os.makedirs(out_dir, exist_ok=True)
     building = os.path.join(out_dir, BUILDING)
-    ours = os.path.exists(marker) or os.path.exists(building)
-    if not ours and any(os.path.exists(os.path.join(out_dir, s)) for s in FILES):
+    if not _ours(out_dir) and any(os.path.exists(os.path.join(out_dir, s)) for s in FILES):
         raise DataError(f"{out_dir} already has train/ or val/ not written by this tool; pass an empty or new --out")
     open(building, "w").close()  # from here on, a crash leaves a folder this tool may rebuild
     _remove_ours(out_dir)
