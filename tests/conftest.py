@@ -51,3 +51,9 @@ def shared_fixtures() -> Path:
 def mindcv_fixtures(shared_fixtures: Path) -> Path:
     """../shared/fixtures/mindcv (MindCV parameter lists and the width-0.35 checkpoint)."""
     return shared_fixtures / "mindcv"
+
+
+# ---- data fixtures (maintained with the data pipeline; defined in tests/_data_fixtures.py) ----
+# tiny_imagefolder: real-photo ImageFolder, train/ 3x8 + val/ 3x5 JPEGs of ~64 px (session-scoped)
+# fashion_mnist_tiny: Fashion-MNIST ImageFolder, 200 train / 100 val RGB 32 px PNGs (session-scoped)
+from ._data_fixtures import fashion_mnist_tiny, tiny_imagefolder  # noqa: E402,F401

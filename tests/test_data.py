@@ -14,8 +14,7 @@ import pytest
 
 from mindcv_mnv2.data import DataError, scan_image_folder
 
-from ._data_fixtures import (TINY_CLASSES, TINY_TRAIN_PER_CLASS, TINY_VAL_PER_CLASS, ai_benchmark_photos,
-                             build_tiny_imagefolder, tiny_imagefolder)  # noqa: F401  (fixture)
+from ._data_fixtures import TINY_CLASSES, TINY_TRAIN_PER_CLASS, TINY_VAL_PER_CLASS, ai_benchmark_photos
 
 MEAN = np.array([123.675, 116.28, 103.53], np.float32)
 STD = np.array([58.395, 57.12, 57.375], np.float32)

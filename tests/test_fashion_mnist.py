@@ -12,7 +12,7 @@ import pytest
 from mindcv_mnv2.data import DataError, scan_image_folder
 from mindcv_mnv2.tools.prepare_fashion_mnist import (BUILDING, CLASS_NAMES, MARKER, main, prepare_fashion_mnist, read_idx)
 
-from ._data_fixtures import FASHION_MNIST_SOURCE, fashion_mnist_tiny  # noqa: F401  (fixture)
+from ._data_fixtures import FASHION_MNIST_SOURCE
 
 pytestmark = pytest.mark.skipif(
     not os.path.isfile(os.path.join(FASHION_MNIST_SOURCE, "t10k-images-idx3-ubyte.gz")),
