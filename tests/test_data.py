@@ -126,6 +126,8 @@ def test_scan_skips_non_images_and_broken_files(tmp_path):
     Image.open(photos[0]).resize((16, 16)).save(good / "pic.png", format="WEBP")
 
     lst = scan_image_folder(str(tmp_path), "train")
+    threaded = scan_image_folder(str(tmp_path), "train", workers=3)
+    assert (threaded.files, threaded.skipped) == (lst.files, lst.skipped)
     assert [Path(f).name for f in lst.files] == ["0.JPG", "1.JPG", "2.JPG", "0.jpeg", "1.jpeg", "2.jpeg"]
     reasons = {Path(p).name: why for p, why in lst.skipped}
     assert reasons["zero.jpg"] == "zero-byte file"
@@ -534,3 +536,17 @@ def test_verify_cli_names_undecodable_files(tmp_path, capsys):
                          str(tmp_path), "train")
     assert isinstance(err, DataError) and "python -m mindcv_mnv2.data.verify" in str(err)
     assert pipeline_error(RuntimeError("out of memory"), str(tmp_path), "train") is None
+
+
+def test_dataset_size_and_set_epoch_for_resume(lists):
+    from mindcv_mnv2.data import create_loader, create_transforms
+
+    ops = create_transforms(True, S)
+    loader = create_loader(lists[0], batch_size=5, is_training=True, transforms=ops, num_parallel_workers=2)
+    assert loader.dataset.get_dataset_size() == loader.steps_per_epoch == 4  # 24 // 5, remainder dropped
+    loader.set_epoch(3)
+    labs = np.concatenate([lab for _, lab in batches(loader)[0]])
+    np.testing.assert_array_equal(labs, lists[0].labels[loader.epoch_indices(3)[:20]])
+    val = create_loader(lists[1], batch_size=4, is_training=False, transforms=create_transforms(False, S),
+                        shard_id=1, num_shards=2)
+    assert val.dataset.get_dataset_size() == val.steps_per_epoch == 2 and val.num_images == 7

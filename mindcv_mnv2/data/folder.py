@@ -6,7 +6,7 @@ passes the training split's list), so train and val can never disagree silently.
 Broken files are handled here, before any MindSpore pipeline exists, because a decode failure
 inside a pipeline surfaces as a C++ "Exception thrown from dataset pipeline" in the middle of an
 epoch. Each file with an image extension is opened once and its first 16 and (JPEG/PNG) last 4 KB
-are checked (``check_files=True``, the default; a thread pool keeps this fast on large trees).
+are checked (``check_files=True``, the default; ~20 us per cached file).
 Skipped, recorded in ``ImageList.skipped`` with the reason and reported in one warning:
 
 - a zero-byte file; a file with no JPEG/PNG/BMP/TIFF signature (an HTML error page saved as
@@ -82,14 +82,16 @@ class ImageList:
 def sniff_image(path: str) -> Optional[str]:
     """Why ``path`` cannot be an image the decoder reads (None when header and end look fine)."""
     try:
-        with open(path, "rb") as fh:
-            head = fh.read(16)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            size = os.fstat(fd).st_size
+            head = os.read(fd, 16)
             kind = next((k for sig, k in _SIGNATURES if head.startswith(sig)), None)
             tail = b""
-            if kind in ("jpeg", "png"):
-                size = os.fstat(fh.fileno()).st_size
-                fh.seek(max(16, size - _TAIL_BYTES))
-                tail = head[-2:] + fh.read()
+            if kind in ("jpeg", "png") and size > 16:
+                tail = head[-2:] + os.pread(fd, _TAIL_BYTES, max(16, size - _TAIL_BYTES))
+        finally:
+            os.close(fd)
     except OSError as exc:
         return f"unreadable ({exc.strerror})"
     if not head:
@@ -128,10 +130,10 @@ def _walk_images(class_dir: str, extensions: Tuple[str, ...],
 
 
 def _check_headers(files: List[str], workers: int) -> List[Optional[str]]:
-    if len(files) < 256 or workers <= 1:
+    if workers <= 1 or len(files) < 2:
         return [sniff_image(f) for f in files]
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(sniff_image, files, chunksize=256))
+        return list(pool.map(sniff_image, files, chunksize=64))
 
 
 def _class_folders(split_dir: str, skipped: List[Tuple[str, str]]) -> List[str]:
@@ -166,8 +168,12 @@ def _match_classes(split_dir: str, found: List[str], class_names: Sequence[str])
 
 def scan_image_folder(root: str, split: str, class_names: Optional[Sequence[str]] = None,
                       extensions: Sequence[str] = IMG_EXTENSIONS, *, check_files: bool = True,
-                      workers: int = 8) -> ImageList:
-    """List root/<split>/<class>/<image> files with labels; raise DataError on a malformed tree."""
+                      workers: int = 1) -> ImageList:
+    """List root/<split>/<class>/<image> files with labels; raise DataError on a malformed tree.
+
+    ``check_files`` reads each image's first 16 and last 4096 bytes (about 20 us per cached file);
+    ``workers > 1`` spreads that over threads, which pays off only on slow or network storage.
+    """
     root = os.fspath(root)
     if not os.path.isdir(root):
         raise DataError(f"data_dir '{root}' does not exist; pass --data_dir pointing at a folder with "
