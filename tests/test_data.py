@@ -550,3 +550,13 @@ def test_dataset_size_and_set_epoch_for_resume(lists):
     val = create_loader(lists[1], batch_size=4, is_training=False, transforms=create_transforms(False, S),
                         shard_id=1, num_shards=2)
     assert val.dataset.get_dataset_size() == val.steps_per_epoch == 2 and val.num_images == 7
+
+
+def test_inception_crop_in_the_pipeline_matches_eager(lists):
+    from mindcv_mnv2.data import create_loader, create_transforms
+
+    ops = create_transforms(False, S, crop_pct=0.875, inception_crop=True)
+    loader = create_loader(lists[1], batch_size=8, is_training=False, transforms=ops, num_parallel_workers=2)
+    got = np.concatenate([img for img, _ in batches(loader)[0]])
+    eager = np.stack([apply(ops, np.fromfile(f, np.uint8)) for f in lists[1].files])
+    np.testing.assert_allclose(got, eager, atol=1e-6)
