@@ -530,8 +530,14 @@ def test_verify_cli_names_undecodable_files(tmp_path, capsys):
     assert "ok0.jpg" not in out
     # a file decoded right after a failed one is not blamed (MindSpore's stale libjpeg error state)
     files = [str(folder / n) for n in ("fake.jpg", "ok0.jpg", "fake.jpg", "ok1.jpg", "empty.jpg", "ok2.jpg")]
-    bad = verify_images(files)
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        bad = verify_images([os.path.relpath(f, tmp_path) for f in files])
+    finally:
+        os.chdir(cwd)
     assert [Path(p).name for p, _ in bad] == ["fake.jpg", "fake.jpg", "empty.jpg"]
+    assert not (tmp_path / "abnormal_image.jpg").exists()  # MindSpore's dump went to a scratch folder
     err = pipeline_error(RuntimeError("map operation: [Decode] failed. Decode: image decode failed."),
                          str(tmp_path), "train")
     assert isinstance(err, DataError) and "python -m mindcv_mnv2.data.verify" in str(err)

@@ -251,9 +251,20 @@ def verify_images(images: Union[ImageList, Sequence[str]]) -> List[Tuple[str, st
 
     Sequential on purpose: MindSpore 2.10's eager decode is not thread-safe after a failure.
     About 150-300 full-size photos per second; meant as a one-off check of a new dataset.
+    A failed eager decode makes MindSpore write ./abnormal_image.jpg, so the decoding runs in a
+    scratch working directory: do not call this while other threads rely on the cwd.
     """
+    import tempfile
+
     files = images.files if isinstance(images, ImageList) else [os.fspath(f) for f in images]
-    return [(p, r) for p, r in zip(files, _decode_failures(files)) if r is not None]
+    here = os.getcwd()
+    with tempfile.TemporaryDirectory(prefix="mnv2_verify_") as scratch:
+        os.chdir(scratch)
+        try:
+            reasons = _decode_failures([os.path.join(here, f) for f in files])
+        finally:
+            os.chdir(here)
+    return [(p, r) for p, r in zip(files, reasons) if r is not None]
 
 
 def pipeline_error(exc: BaseException, root: str, split: str) -> Optional[DataError]:
