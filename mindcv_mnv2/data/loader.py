@@ -18,7 +18,12 @@ Broken files: see :mod:`mindcv_mnv2.data.folder` (checked at scan time). A file 
 header check but fails to decode stops the pipeline with MindSpore's error; we do not switch
 MindSpore to its global "replace/skip erroneous samples" mode because it is process-wide, would
 silently change evaluation counts, and dumps the offending image into the working directory.
-:func:`verify_images` names such files.
+:func:`pipeline_error` turns that error into a DataError pointing at
+``python -m mindcv_mnv2.data.verify DATA_DIR --split S``, which (via :func:`verify_images`) names
+such files.
+
+Random ops draw from MindSpore's dataset seed (``mindspore.dataset.config.set_seed``), which the
+engine sets; shard order, num_samples, random erasing and Mixup use ``seed`` given here.
 """
 from __future__ import annotations
 
