@@ -1,0 +1,214 @@
+"""Short real training runs: loss goes down (graph and PyNative), checkpoints are complete and
+self-describing, resume continues exactly, NaN stops loudly, validation counts are exact."""
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mindcv_mnv2.config import load_config
+from mindcv_mnv2.models.registry import model_defaults
+
+from ._data_fixtures import FASHION_MNIST_SOURCE, tiny_imagefolder  # noqa: F401  (fixtures)
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN_IMAGES, VAL_IMAGES, BATCH = 640, 200, 32
+STEPS = TRAIN_IMAGES // BATCH  # 20 steps per epoch
+
+
+@pytest.fixture(scope="module")
+def fashion_mnist_tiny(tmp_path_factory):
+    """640 train / 200 val real Fashion-MNIST images: enough steps for the loss to move."""
+    if not os.path.isfile(os.path.join(FASHION_MNIST_SOURCE, "train-images-idx3-ubyte.gz")):
+        pytest.skip(f"Fashion-MNIST IDX files not in {FASHION_MNIST_SOURCE} (apt-get install dataset-fashion-mnist)")
+    from mindcv_mnv2.tools.prepare_fashion_mnist import prepare_fashion_mnist
+
+    out = tmp_path_factory.mktemp("fm_engine") / "fm"
+    prepare_fashion_mnist(str(out), limit_train=TRAIN_IMAGES, limit_val=VAL_IMAGES, workers=1)
+    return out
+
+
+def make_cfg(data_dir, run_dir, **over):
+    """A tiny deterministic recipe: no random augmentation or dropout, so runs are repeatable."""
+    base = dict(model="mobilenet_v2_035", device_target="CPU", data_dir=str(data_dir), ckpt_save_dir=str(run_dir),
+                image_resize=32, batch_size=BATCH, epoch_size=2, num_parallel_workers=2, scale=(1.0, 1.0),
+                ratio=(1.0, 1.0), hflip=0.0, color_jitter=0.0, drop_rate=0.0, opt="momentum", lr=0.05,
+                warmup_epochs=0, scheduler="cosine_decay", decay_epochs=2, min_lr=0.0, weight_decay=1e-4,
+                weight_decay_filter="norm_and_bias", val_while_train=True, log_interval=5, crop_pct=1.0,
+                mean=(72.94,) * 3, std=(90.02,) * 3, keep_checkpoint_max=5)
+    base.update(over)
+    return load_config(overrides=base, model_defaults=model_defaults)
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in open(path, encoding="utf-8")]
+
+
+def model_tensors(path):
+    from mindcv_mnv2.checkpoint import extract_model_state, read_checkpoint
+
+    tensors, meta = read_checkpoint(str(path))
+    return extract_model_state(tensors, use_ema=False), tensors, meta
+
+
+@pytest.fixture(scope="module")
+def graph_run(fashion_mnist_tiny, tmp_path_factory):  # noqa: F811
+    """Two epochs in graph mode, straight through (also the reference for resume)."""
+    from mindcv_mnv2.engine.trainer import train
+
+    run_dir = tmp_path_factory.mktemp("graph_run")
+    cfg = make_cfg(fashion_mnist_tiny, run_dir, mode=0)
+    summary = train(cfg)
+    return cfg, run_dir, summary
+
+
+def test_graph_training_lowers_loss_and_writes_everything(graph_run):
+    cfg, run_dir, summary = graph_run
+    records = read_jsonl(run_dir / "metrics.jsonl")
+    steps = [r for r in records if r["type"] == "step"]
+    epochs = [r for r in records if r["type"] == "epoch"]
+    assert [e["epoch"] for e in epochs] == [1, 2]
+    assert steps[-1]["loss"] < steps[0]["loss"] * 0.9, (steps[0], steps[-1])
+    assert epochs[1]["loss"] < epochs[0]["loss"] * 0.95
+    for e in epochs:
+        assert e["val_images"] == VAL_IMAGES and 0.0 <= e["top1"] <= e["top5"] <= 100.0
+    assert summary["best_top1"] == max(e["top1"] for e in epochs)
+    names = sorted(os.listdir(run_dir))
+    assert f"mobilenet_v2_035-1_{STEPS}.ckpt" in names and f"mobilenet_v2_035-2_{STEPS}.ckpt" in names
+    assert "mobilenet_v2_035_best.ckpt" in names and "config.yaml" in names and "train.log" in names
+    assert load_config(str(run_dir / "config.yaml")) == cfg  # the saved config is the resolved one
+
+
+def test_checkpoint_is_self_describing_and_complete(graph_run):
+    cfg, run_dir, _ = graph_run
+    weights, tensors, meta = model_tensors(run_dir / f"mobilenet_v2_035-2_{STEPS}.ckpt")
+    assert len(weights) == 262
+    assert any(k.startswith("moments.") for k in tensors) and "global_step" in tensors
+    assert meta["model"] == "mobilenet_v2_035" and meta["model_kwargs"]["num_classes"] == 10
+    assert meta["class_names"][0] == "0_tshirt_top" and len(meta["class_names"]) == 10
+    assert meta["eval"]["image_size"] == 32
+    ts = meta["train_state"]
+    assert (ts["epoch"], ts["global_step"], ts["steps_per_epoch"]) == (2, 2 * STEPS, STEPS)
+    assert meta["config"]["lr"] == cfg.lr
+    assert os.stat(run_dir / f"mobilenet_v2_035-2_{STEPS}.ckpt").st_mode & 0o200  # not left read-only
+    from mindcv_mnv2.checkpoint import load_model
+
+    net = load_model(str(run_dir / f"mobilenet_v2_035-2_{STEPS}.ckpt"))  # no config needed
+    assert net.checkpoint_meta["class_names"] == meta["class_names"]
+
+
+def test_resume_continues_exactly(graph_run, fashion_mnist_tiny, tmp_path):  # noqa: F811
+    from mindcv_mnv2.engine.trainer import train
+
+    cfg, ref_dir, _ = graph_run
+    run_dir = tmp_path / "interrupted"
+    train(make_cfg(fashion_mnist_tiny, run_dir, mode=0, epoch_size=1, decay_epochs=2))
+    # epoch_size 1 with decay_epochs 2 gives the first half of the reference's LR curve; now
+    # resume the same run directory for the full two epochs.
+    summary = train(make_cfg(fashion_mnist_tiny, run_dir, mode=0, resume=str(run_dir)))
+    assert summary["epoch"] == 2
+    a, _, meta_a = model_tensors(ref_dir / f"mobilenet_v2_035-2_{STEPS}.ckpt")
+    b, _, meta_b = model_tensors(run_dir / f"mobilenet_v2_035-2_{STEPS}.ckpt")
+    assert meta_b["train_state"]["global_step"] == meta_a["train_state"]["global_step"] == 2 * STEPS
+    for name in a:
+        np.testing.assert_allclose(b[name], a[name], rtol=1e-4, atol=1e-5, err_msg=name)
+    lines = read_jsonl(run_dir / "metrics.jsonl")
+    assert [r["epoch"] for r in lines if r["type"] == "epoch"] == [1, 2]
+
+
+def test_new_run_refuses_a_used_run_dir(graph_run, fashion_mnist_tiny):  # noqa: F811
+    from mindcv_mnv2.config import ConfigError
+    from mindcv_mnv2.engine.trainer import Trainer
+
+    _, run_dir, _ = graph_run
+    before = sorted(os.listdir(run_dir))
+    with pytest.raises(ConfigError, match="already holds checkpoints.*--resume"):
+        Trainer(make_cfg(fashion_mnist_tiny, run_dir, mode=0))
+    assert sorted(os.listdir(run_dir)) == before
+
+
+def test_pynative_training_with_ema_and_accumulation(fashion_mnist_tiny, tmp_path):  # noqa: F811
+    from mindcv_mnv2.engine.trainer import train
+
+    run_dir = tmp_path / "pynative"
+    cfg = make_cfg(fashion_mnist_tiny, run_dir, mode=1, epoch_size=2, batch_size=16, ema=True, ema_decay=0.9,
+                   gradient_accumulation_steps=2, clip_grad=True, clip_value=5.0)
+    train(cfg)
+    records = read_jsonl(run_dir / "metrics.jsonl")
+    epochs = [r for r in records if r["type"] == "epoch"]
+    assert epochs[1]["loss"] < epochs[0]["loss"]
+    weights, tensors, meta = model_tensors(run_dir / f"mobilenet_v2_035-2_{2 * STEPS}.ckpt")
+    assert meta["train_state"]["global_step"] == 2 * STEPS  # batches of 16, 2 per update, 2 epochs
+    ema = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.") and k[4:] in weights}
+    assert len(ema) == 262
+    assert any(not np.allclose(ema[k], weights[k]) for k in ema)  # a real average, not a copy
+    from mindcv_mnv2.checkpoint import extract_model_state
+
+    assert np.array_equal(extract_model_state(tensors)["features.0.weight"], ema["features.0.weight"])
+
+
+def test_nan_loss_stops_with_step_and_keeps_last_good(fashion_mnist_tiny, tmp_path):  # noqa: F811
+    from mindcv_mnv2.engine.trainer import TrainingDiverged, train
+
+    run_dir = tmp_path / "nan"
+    # epoch 1 trains normally, then the LR is multiplied by 1e30 and the loss explodes
+    cfg = make_cfg(fashion_mnist_tiny, run_dir, mode=0, epoch_size=3, scheduler="multi_step_decay",
+                   multi_step_decay_milestones=(1,), decay_rate=1e30, val_while_train=False)
+    with pytest.raises(TrainingDiverged) as info:
+        train(cfg)
+    msg = str(info.value)
+    assert "epoch 2" in msg and "step" in msg and f"mobilenet_v2_035-1_{STEPS}.ckpt" in msg
+    _, _, meta = model_tensors(run_dir / f"mobilenet_v2_035-1_{STEPS}.ckpt")  # still loads
+    assert meta["train_state"]["epoch"] == 1
+    last = read_jsonl(run_dir / "metrics.jsonl")[-1]
+    assert last["type"] == "diverged" and last["epoch"] == 2
+
+
+def _biased_checkpoint(path, favourite, num_classes=3):
+    """A checkpoint whose prediction is known: zero classifier weights, bias favouring one class."""
+    from mindcv_mnv2.checkpoint import model_meta, save_checkpoint
+    from mindcv_mnv2.models import create_model
+
+    net = create_model("mobilenet_v2_035", num_classes=num_classes)
+    params = {p.name: p.asnumpy() for p in net.get_parameters()}
+    params["classifier.1.weight"][:] = 0.0
+    bias = np.zeros(num_classes, np.float32)
+    bias[favourite] = 2.0
+    params["classifier.1.bias"] = bias
+    meta = model_meta("mobilenet_v2_035", {"num_classes": num_classes, "padding": "symmetric"})
+    save_checkpoint(str(path), params, meta)
+    return bias
+
+
+@pytest.mark.parametrize("batch_size", [4, 15, 64])
+def test_validate_counts_are_exact(tiny_imagefolder, tmp_path, batch_size):  # noqa: F811
+    ckpt = tmp_path / "biased.ckpt"
+    bias = _biased_checkpoint(ckpt, favourite=1)
+    out = tmp_path / "m.json"
+    proc = subprocess.run([sys.executable, "validate.py", "--data_dir", str(tiny_imagefolder), "--ckpt_path",
+                           str(ckpt), "--batch_size", str(batch_size), "--image_resize", "32",
+                           "--device_target", "CPU", "--output_json", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    m = json.load(open(out))
+    # 15 images, 5 per class; every prediction is class 1 -> exactly 5 correct
+    assert m["num_images"] == 15 and m["correct_top1"] == 5
+    assert m["top1"] == pytest.approx(100 * 5 / 15) and m["top5"] == 100.0
+    logp = bias - np.log(np.exp(bias).sum())
+    assert m["loss"] == pytest.approx(-np.mean(np.repeat(logp, 5)), rel=1e-5)
+    assert "top-1 33.33%" in proc.stdout
+
+
+def test_validate_refuses_to_score_nothing(tiny_imagefolder, tmp_path):  # noqa: F811
+    base = [sys.executable, "validate.py", "--data_dir", str(tiny_imagefolder), "--device_target", "CPU"]
+    for extra, needle in ((["--ckpt_path", ""], "Refusing to score random weights"),
+                          (["--ckpt_path", str(tmp_path / "missing.ckpt")], "does not exist"),
+                          (["--ckpt_path", str(tmp_path)], "is a directory")):
+        proc = subprocess.run(base + extra, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 2, (extra, proc.stderr[-1500:])
+        assert needle in proc.stderr and "Traceback" not in proc.stderr
+        assert "top-1" not in proc.stdout
