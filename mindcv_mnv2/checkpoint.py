@@ -85,6 +85,7 @@ def save_checkpoint(path: str, params: Mapping[str, Any], meta: Optional[Mapping
 
     # MindSpore appends ".ckpt" to other names and stages through "<stem>.tmp"; both live in our
     # directory so the final os.replace is atomic and a failed write leaves `path` untouched.
+    _remove_stale_temporaries(directory, os.path.basename(path))
     tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.{uuid.uuid4().hex[:8]}.ckpt")
     ms_stage = tmp[:-len(".ckpt")] + ".tmp"
     try:
@@ -100,6 +101,27 @@ def save_checkpoint(path: str, params: Mapping[str, Any], meta: Optional[Mapping
     except BaseException:
         _remove_quietly(tmp, ms_stage)
         raise
+
+
+def _remove_stale_temporaries(directory: str, basename: str) -> None:
+    """Delete temporaries of earlier saves of ``basename`` whose writer is gone (e.g. killed with -9)."""
+    prefix = f".{basename}."
+    for entry in os.listdir(directory):
+        if not (entry.startswith(prefix) and entry.endswith((".ckpt", ".tmp"))):
+            continue
+        pid = entry[len(prefix):].split(".", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            _remove_quietly(os.path.join(directory, entry))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
 
 
 def _as_tensor(name: str, value: Any):

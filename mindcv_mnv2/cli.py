@@ -20,10 +20,11 @@ def _user_errors() -> tuple:
     from .checkpoint import CheckpointError
     from .data import DataError
     from .distributed import DistributedError
+    from .export import ExportError
     from .models import UnknownModelError
 
-    return (ConfigError, CheckpointError, DataError, DistributedError, UnknownModelError, FileNotFoundError,
-            PermissionError)
+    return (ConfigError, CheckpointError, DataError, DistributedError, ExportError, UnknownModelError,
+            FileNotFoundError, PermissionError)
 
 
 def run(argv: Sequence[str], prog: str, job: Callable[[Config, argparse.Namespace], object],

@@ -131,18 +131,20 @@ def test_new_run_refuses_a_used_run_dir(graph_run, fashion_mnist_tiny):  # noqa:
     assert sorted(os.listdir(run_dir)) == before
 
 
-def test_pynative_training_with_ema_and_accumulation(fashion_mnist_tiny, tmp_path):  # noqa: F811
+def test_pynative_training_with_ema_accumulation_and_clipping(fashion_mnist_tiny, tmp_path):  # noqa: F811
     from mindcv_mnv2.engine.trainer import train
 
     run_dir = tmp_path / "pynative"
-    cfg = make_cfg(fashion_mnist_tiny, run_dir, mode=1, epoch_size=2, batch_size=16, ema=True, ema_decay=0.9,
-                   gradient_accumulation_steps=2, clip_grad=True, clip_value=5.0)
+    # batches of 16, two per update: the same 20 updates per epoch as the graph run, in half-size steps
+    cfg = make_cfg(fashion_mnist_tiny, run_dir, mode=1, epoch_size=2, batch_size=BATCH // 2, ema=True,
+                   ema_decay=0.9, gradient_accumulation_steps=2, clip_grad=True, clip_value=5.0,
+                   val_while_train=False, num_samples=TRAIN_IMAGES // 2)
     train(cfg)
     records = read_jsonl(run_dir / "metrics.jsonl")
     epochs = [r for r in records if r["type"] == "epoch"]
     assert epochs[1]["loss"] < epochs[0]["loss"]
-    weights, tensors, meta = model_tensors(run_dir / f"mobilenet_v2_035-2_{2 * STEPS}.ckpt")
-    assert meta["train_state"]["global_step"] == 2 * STEPS  # batches of 16, 2 per update, 2 epochs
+    weights, tensors, meta = model_tensors(run_dir / f"mobilenet_v2_035-2_{STEPS}.ckpt")
+    assert meta["train_state"]["global_step"] == STEPS  # 320 images / 16 = 20 batches = 10 updates, 2 epochs
     ema = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.") and k[4:] in weights}
     assert len(ema) == 262
     assert any(not np.allclose(ema[k], weights[k]) for k in ema)  # a real average, not a copy

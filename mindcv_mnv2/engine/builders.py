@@ -28,10 +28,12 @@ def build_val_loader(cfg: Config, dist: DistInfo, class_names: Optional[Sequence
     images = scan_image_folder(cfg.data_dir, cfg.val_split, class_names=class_names)
     targs = {**transform_args(cfg), **eval_overrides}
     transforms = create_transforms(False, image_size or cfg.image_resize, **targs)
-    return create_loader(images, batch_size=cfg.batch_size, is_training=False, transforms=transforms,
-                         shuffle=cfg.eval_shuffle, drop_remainder=False,
-                         num_parallel_workers=cfg.num_parallel_workers, shard_id=dist.rank, num_shards=dist.world,
-                         seed=cfg.seed, num_classes=len(images.class_names))
+    loader = create_loader(images, batch_size=cfg.batch_size, is_training=False, transforms=transforms,
+                           shuffle=cfg.eval_shuffle, drop_remainder=False,
+                           num_parallel_workers=cfg.num_parallel_workers, shard_id=dist.rank,
+                           num_shards=dist.world, seed=cfg.seed, num_classes=len(images.class_names))
+    loader.skipped = list(images.skipped)
+    return loader
 
 
 def build_train_loader(cfg: Config, dist: DistInfo):
@@ -50,11 +52,23 @@ def build_train_loader(cfg: Config, dist: DistInfo):
                            shard_id=dist.rank, num_shards=dist.world, seed=cfg.seed, num_classes=num_classes,
                            mixup=cfg.mixup, cutmix=cfg.cutmix, cutmix_prob=cfg.cutmix_prob,
                            mixup_switch_prob=cfg.mixup_switch_prob, label_smoothing=cfg.label_smoothing)
+    loader.skipped = list(images.skipped)  # reported in the epoch summaries
     if loader.steps_per_epoch < 1:
         raise ConfigError(f"batch_size: {cfg.batch_size} x {dist.world} device(s) is larger than the "
                           f"{loader.num_images_total} training images with drop_remainder=True, so an epoch has no "
                           f"step; lower batch_size or set drop_remainder False")
     return loader
+
+
+def check_padding(cfg: Config, explicit_keys: frozenset, ckpt_padding: Optional[str], ckpt_path: str) -> str:
+    """The padding to build with: the checkpoint's, unless the user asked for a different one (an error)."""
+    if ckpt_padding is None:
+        return cfg.padding
+    if "padding" in explicit_keys and cfg.padding != ckpt_padding:
+        raise ConfigError(f"padding: {ckpt_path} was made with padding '{ckpt_padding}'; building it with "
+                          f"'{cfg.padding}' would silently change every output. Drop --padding (or set "
+                          f"padding: {ckpt_padding})")
+    return ckpt_padding
 
 
 def model_kwargs(cfg: Config, num_classes: int) -> Dict[str, Any]:

@@ -4,6 +4,7 @@ train.py -> train(cfg) -> Trainer.fit() -> Trainer._train_epoch() -> TrainStep.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import signal
@@ -127,7 +128,11 @@ class Trainer:
         if cfg.ckpt_path:
             from ..checkpoint import load_weights, read_checkpoint
 
-            tensors, _ = read_checkpoint(cfg.ckpt_path)
+            tensors, meta = read_checkpoint(cfg.ckpt_path)
+            padding = (meta.get("model_kwargs") or {}).get("padding")
+            if padding is not None and padding != cfg.padding:
+                raise ConfigError(f"padding: {cfg.ckpt_path} was trained with padding '{padding}' but this recipe "
+                                  f"builds '{cfg.padding}'; set padding: {padding} to fine-tune it")
             head = tensors.get("classifier.1.weight")
             drop = head is not None and head.shape[0] != self.num_classes
             if drop:
@@ -211,6 +216,16 @@ class Trainer:
         self.log.info("resumed from %s: epoch %d, step %d of it, global step %d, lr %.6g", path, self.start_epoch,
                       self.skip_steps, self._global_step(), self._current_lr())
 
+    def _write_skipped(self) -> None:
+        skipped = list(getattr(self.train_loader, "skipped", []))
+        if self.val_loader is not None:
+            skipped += getattr(self.val_loader, "skipped", [])
+        if skipped and self.dist.is_main:
+            with open(os.path.join(self.run_dir, "skipped_files.txt"), "w", encoding="utf-8") as fh:
+                fh.writelines(f"{path}\t{why}\n" for path, why in skipped)
+            self.log.info("%d files in %s are not usable images and are skipped (listed in %s)", len(skipped),
+                          self.cfg.data_dir, os.path.join(self.run_dir, "skipped_files.txt"))
+
     # ---- the loop --------------------------------------------------------------------------
     def fit(self) -> Dict[str, Any]:
         """Train from start_epoch to epoch_size, validating and checkpointing as configured."""
@@ -220,6 +235,7 @@ class Trainer:
                       "graph" if cfg.mode == 0 else "PyNative", self.train_loader.num_images_total, self.dist.world,
                       cfg.batch_size, self.dist.world, cfg.batch_size * self.dist.world, self.steps_per_epoch,
                       cfg.epoch_size, os.path.abspath(self.run_dir))
+        self._write_skipped()
         old = self._install_signal_handlers()
         summary: Dict[str, Any] = {}
         try:
@@ -256,7 +272,7 @@ class Trainer:
         t_first = None
         with progress_bar(spe - first, f"epoch {epoch + 1}/{cfg.epoch_size}", self.dist.is_main) as bar:
             for i in range(first, spe):
-                images, labels = next(it)
+                images, labels = self._next_batch(it, epoch, i)
                 micro = self.accum > 1 and (i + 1) % self.accum != 0
                 loss = self.micro_step(images, labels) if micro else self.step(images, labels)
                 loss_v = float(loss.asnumpy())
@@ -266,6 +282,9 @@ class Trainer:
                 if t_first is None:
                     t_first = time.perf_counter() - t0  # includes graph compilation
                     t0 = time.perf_counter()
+                    # MindSpore's runtime installs its own SIGINT/SIGTERM handlers when it starts
+                    # executing (they end the process at once); put ours back on top.
+                    self._install_signal_handlers()
                 done = i + 1 - first
                 speed = images_per_step * (done - 1) / max(time.perf_counter() - t0, 1e-9) if done > 1 else 0.0
                 bar.update(1)
@@ -309,11 +328,16 @@ class Trainer:
         if val is not None:
             record.update({"top1": val["top1"], "top5": val["top5"], "val_loss": val["loss"],
                            "val_images": val["num_images"]})
+        skipped = len(getattr(self.train_loader, "skipped", []))
+        if skipped:
+            record["skipped_files"] = skipped
         tensors = self._tensors()
         meta = self._meta(done, 0, val)
-        path = self.keeper.save_epoch(done, self.steps_per_epoch, tensors, meta, last_epoch=done == cfg.epoch_size)
-        if improved:
-            self.keeper.save_best(tensors, meta)
+        with self._saving():
+            path = self.keeper.save_epoch(done, self.steps_per_epoch, tensors, meta,
+                                          last_epoch=done == cfg.epoch_size)
+            if improved:
+                self.keeper.save_best(tensors, meta)
         self.metrics.write(record)
         line = (f"epoch {done}/{cfg.epoch_size}: loss {train_stats['loss']:.4f}  lr {self._current_lr():.6f}  "
                 f"{train_stats['img_per_s']:.1f} img/s  {train_stats['time']:.1f}s")
@@ -321,10 +345,39 @@ class Trainer:
             line += f"  | {describe(val, 'val')}  | best {self.best['top1']:.2f}% (epoch {self.best['epoch']})"
         if path:
             line += f"  | saved {os.path.basename(path)}"
+        if skipped:
+            line += f"  | {skipped} non-image/broken files skipped (see skipped_files.txt)"
         self.log.info(line)
         return {**record, "best_top1": self.best["top1"], "best_epoch": self.best["epoch"]}
 
     # ---- failure paths --------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _saving(self):
+        """Turn a failed save into one error that says what survived."""
+        from ..checkpoint import CheckpointError
+
+        try:
+            yield
+        except CheckpointError as exc:
+            last = self.keeper.latest_path()
+            kept = f"earlier checkpoints are intact (latest: {last})" if last else "no earlier checkpoint exists"
+            raise CheckpointError(f"{exc}; {kept}. Free space or fix ckpt_save_dir, then --resume "
+                                  f"{self.run_dir}") from None
+
+    def _next_batch(self, it, epoch: int, step: int):
+        """The next training batch; an undecodable image becomes a DataError after saving progress."""
+        try:
+            return next(it)
+        except RuntimeError as exc:
+            from ..data.loader import pipeline_error
+
+            err = pipeline_error(exc, self.cfg.data_dir, self.cfg.train_split)
+            if err is None:
+                raise
+            with self._saving():
+                path = self.keeper.save_interrupt(self._tensors(), self._meta(epoch, step))
+            raise type(err)(f"{err}. Progress was saved to {path}") from None
+
     def _diverged(self, epoch: int, step: int, loss: float) -> None:
         last = self.keeper.latest_path()
         where = f"last good checkpoint: {last}" if last else "no checkpoint was written before it"
@@ -356,7 +409,8 @@ class Trainer:
             meta = self._meta(epoch + 1, 0)
         else:
             meta = self._meta(epoch, steps_done)
-        path = self.keeper.save_interrupt(self._tensors(), meta)
+        with self._saving():
+            path = self.keeper.save_interrupt(self._tensors(), meta)
         name = signal.Signals(self._stop_signal).name
         raise Interrupted(f"{name} received at epoch {epoch + 1}, step {steps_done}: saved resumable checkpoint "
                           f"{path}; continue with --resume {self.run_dir}")

@@ -48,17 +48,21 @@ def validate(cfg: Config, use_ema: bool = True, output_json: Optional[str] = Non
     Keys the user did not set (``explicit_keys`` lists those they did) are taken from a
     self-describing checkpoint: model name, padding and the eval preprocessing.
     """
+    from ..checkpoint import CheckpointError
+
     _check_path(cfg.ckpt_path)
     device = setup_context(cfg.mode, cfg.device_target, cfg.seed)
     dist = init_distributed(cfg.distribute, device)
     setup_logging(None, dist.rank, dist.world)
     if cfg.ckpt_path.lower().endswith(".mindir"):
-        forward, class_names, cfg, batch = _load_mindir(cfg)
+        forward, class_names, cfg, batch, num_outputs = _load_mindir(cfg)
     else:
-        forward, class_names, cfg, batch = _load_ckpt(cfg, use_ema, device, explicit_keys)
+        forward, class_names, cfg, batch, num_outputs = _load_ckpt(cfg, use_ema, device, explicit_keys)
     loader = builders.build_val_loader(cfg, dist, class_names)
-    if batch is not None and batch != cfg.batch_size:
-        raise ConfigError(f"batch_size: the MINDIR graph was exported for batch {batch}; pass --batch_size {batch}")
+    folders = len(loader.class_names)
+    if num_outputs is not None and folders != num_outputs:
+        raise CheckpointError(f"{cfg.ckpt_path} predicts {num_outputs} classes but {cfg.data_dir}/{cfg.val_split} "
+                              f"has {folders} class folders; score it on data with the classes it was trained on")
     metrics = evaluate(forward, loader, dist, desc="validate")
     metrics.update({"checkpoint": os.path.abspath(cfg.ckpt_path), "model": cfg.model, "image_size": cfg.image_resize,
                     "split": cfg.val_split})
@@ -85,10 +89,11 @@ def _load_ckpt(cfg: Config, use_ema: bool, device: str, explicit_keys: frozenset
         raise CheckpointError(f"{cfg.ckpt_path}: has {ckpt_classes} classes but num_classes is {num_classes}")
     if meta.get("model") and "model" not in explicit_keys:
         cfg = cfg.replace(model=meta["model"])
-    kwargs = {k: v for k, v in (meta.get("model_kwargs") or {}).items() if k in ("padding", "drop_rate")}
-    if "padding" in explicit_keys or "padding" not in kwargs:
-        kwargs["padding"] = cfg.padding
-    kwargs.update(num_classes=num_classes, in_channels=cfg.in_channels)
+    ckpt_kwargs = meta.get("model_kwargs") or {}
+    padding = builders.check_padding(cfg, explicit_keys, ckpt_kwargs.get("padding"), cfg.ckpt_path)
+    kwargs = {"num_classes": num_classes, "in_channels": cfg.in_channels, "padding": padding}
+    if "drop_rate" in ckpt_kwargs:
+        kwargs["drop_rate"] = ckpt_kwargs["drop_rate"]
     cfg = _eval_config(cfg, meta.get("eval") or {})
     net = create_model(cfg.model, **kwargs)
     has_ema = any(k.startswith("ema.") for k in tensors)
@@ -96,12 +101,26 @@ def _load_ckpt(cfg: Config, use_ema: bool, device: str, explicit_keys: frozenset
     log.info("loaded %s (%s weights, %d classes)", cfg.ckpt_path, "EMA" if use_ema and has_ema else "raw",
              num_classes)
     forward = EvalNet(net, amp_level_for(device, cfg.val_amp_level))
-    return forward, meta.get("class_names"), cfg, None
+    return forward, meta.get("class_names"), cfg, None, num_classes
 
 
 def _load_mindir(cfg: Config):
+    """An exported graph: its batch size and input size are fixed, its eval facts travel inside it."""
+    import mindspore as ms
+
     from ..export import load_mindir
 
-    graph, info = load_mindir(cfg.ckpt_path)
+    cell = load_mindir(cfg.ckpt_path)
+    info = cell.export_meta or {}
+    if info.get("model"):
+        cfg = cfg.replace(model=info["model"])
     cfg = _eval_config(cfg, info.get("eval") or {})
-    return graph, info.get("class_names"), cfg, info.get("batch_size")
+    batch = None
+    if cell.input_shape:
+        batch = int(cell.input_shape[0])
+        cfg = cfg.replace(batch_size=batch, image_resize=int(cell.input_shape[-1]))
+
+    def forward(images):
+        return cell(ms.Tensor(images)).asnumpy()
+
+    return forward, info.get("class_names"), cfg, batch, info.get("num_classes")

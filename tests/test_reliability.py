@@ -1,0 +1,350 @@
+"""Reliability on real files: every bad input ends in one clear error and nothing written is
+lost; kill -9, SIGINT, a full disk and a crash during a save never cost a run.
+
+RELIABILITY.md lists these cases; keep the two in step.
+"""
+import errno
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ._data_fixtures import FASHION_MNIST_SOURCE, ai_benchmark_photos, build_tiny_imagefolder
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN = [sys.executable, str(ROOT / "train.py")]
+VALIDATE = [sys.executable, str(ROOT / "validate.py")]
+# A tiny deterministic recipe (no random augmentation, no dropout) on 32 px images.
+FAST = ["--model", "mobilenet_v2_035", "--device_target", "CPU", "--image_resize", "32", "--batch_size", "16",
+        "--num_parallel_workers", "2", "--scale", "1", "1", "--ratio", "1", "1", "--hflip", "0", "--color_jitter",
+        "0", "--drop_rate", "0", "--opt", "momentum", "--lr", "0.05", "--warmup_epochs", "0", "--decay_epochs", "3",
+        "--scheduler", "cosine_decay", "--min_lr", "0", "--crop_pct", "1", "--log_interval", "5"]
+
+
+@pytest.fixture(scope="module")
+def fm(tmp_path_factory):
+    """320 train / 64 val real Fashion-MNIST images (20 steps of 16 per epoch)."""
+    if not os.path.isfile(os.path.join(FASHION_MNIST_SOURCE, "train-images-idx3-ubyte.gz")):
+        pytest.skip(f"Fashion-MNIST IDX files not in {FASHION_MNIST_SOURCE} (apt-get install dataset-fashion-mnist)")
+    from mindcv_mnv2.tools.prepare_fashion_mnist import prepare_fashion_mnist
+
+    out = tmp_path_factory.mktemp("fm_rel") / "fm"
+    prepare_fashion_mnist(str(out), limit_train=320, limit_val=64, workers=1)
+    return out
+
+
+def run_cli(prog, argv, capsys):
+    """Run train.py / validate.py in this process; returns (status, stderr)."""
+    sys.path.insert(0, str(ROOT))
+    try:
+        import train as train_entry
+        import validate as validate_entry
+    finally:
+        sys.path.pop(0)
+    from mindcv_mnv2.cli import run
+
+    if prog == "train.py":
+        status = run(argv, prog, train_entry._train)
+    else:
+        status = run(argv, prog, validate_entry._validate, extra=validate_entry._flags)
+    return status, capsys.readouterr().err
+
+
+def copy_tree(src, dst):
+    shutil.copytree(src, dst)
+    return dst
+
+
+# ---------------------------------------------------------------------------------------------
+# bad data: one line naming the culprit and the fix, exit 2, nothing started or written
+def _break_missing_split(d):
+    shutil.rmtree(d / "val")
+
+
+def _break_empty_split(d):
+    shutil.rmtree(d / "train")
+    (d / "train").mkdir()
+
+
+def _break_empty_class(d):
+    for f in (d / "train" / "3_dress").iterdir():
+        f.unlink()
+
+
+def _break_class_sets(d):
+    shutil.rmtree(d / "val" / "9_ankle_boot")
+
+
+DATA_CASES = {
+    "data_dir missing": (lambda d: shutil.rmtree(d), ["does not exist"]),
+    "split missing": (_break_missing_split, ["val"]),
+    "split empty": (_break_empty_split, ["train"]),
+    "class folder empty": (_break_empty_class, ["3_dress"]),
+    "class sets differ": (_break_class_sets, ["9_ankle_boot"]),
+}
+
+
+@pytest.mark.parametrize("case", list(DATA_CASES))
+def test_bad_data_is_one_clear_error(case, fm, tmp_path, capsys):
+    data = copy_tree(fm, tmp_path / "data")
+    breaker, needles = DATA_CASES[case]
+    breaker(data)
+    run_dir = tmp_path / "run"
+    status, err = run_cli("train.py", FAST + ["--data_dir", str(data), "--ckpt_save_dir", str(run_dir),
+                                               "--val_while_train", "True"], capsys)
+    assert status == 2, err
+    assert err.startswith("train.py: error:") and len(err.strip().splitlines()) == 1, err
+    for needle in needles:
+        assert needle in err
+    assert not run_dir.exists() or not any(run_dir.glob("*.ckpt"))
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--num_classes", "12"], "num_classes: the recipe says 12"),
+    (["--batch_size", "1000"], "batch_size"),
+    (["--pretrained", "True"], "never downloads"),
+    (["--resume_opt", "True"], "resume_opt"),
+])
+def test_bad_recipe_for_the_data(extra, needle, fm, tmp_path, capsys):
+    status, err = run_cli("train.py", FAST + ["--data_dir", str(fm), "--ckpt_save_dir", str(tmp_path / "r")] + extra,
+                          capsys)
+    assert status == 2 and needle in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_unwritable_run_dir(fm, tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    status, err = run_cli("train.py", FAST + ["--data_dir", str(fm), "--ckpt_save_dir", str(blocker / "run")], capsys)
+    assert status == 2 and "ckpt_save_dir" in err and "writable" in err, err
+    assert blocker.read_text() == "not a directory"
+
+
+def test_messy_folder_trains_and_reports_what_it_skipped(tmp_path, capsys):
+    """Odd but valid images are used; broken and non-image files are skipped, counted and listed."""
+    from PIL import Image
+
+    data = build_tiny_imagefolder(tmp_path / "messy", size=48)
+    cls = data / "train" / "cat_a"
+    photo = Image.open(ai_benchmark_photos()[0]).convert("RGB").resize((48, 40))
+    photo.convert("L").save(cls / "grey.png")
+    photo.convert("CMYK").save(cls / "cmyk.jpg")
+    photo.convert("P", palette=Image.ADAPTIVE).save(cls / "palette.png")
+    Image.fromarray((np.asarray(photo.convert("L"), np.uint16) * 257)).save(cls / "deep16.png")
+    exif = photo.getexif()
+    exif[0x0112] = 6  # EXIF orientation: rotated
+    photo.save(cls / "exif_rotated.jpg", exif=exif)
+    Image.new("RGB", (10000, 10000), (90, 120, 150)).save(cls / "huge.jpg", quality=50)
+    good = (cls / "img_00.jpg").read_bytes()
+    (cls / "truncated.jpg").write_bytes(good[: len(good) // 2])
+    (cls / "empty.jpg").write_bytes(b"")
+    (cls / "notes.txt").write_text("not an image")
+    (cls / "text_named.jpg").write_text("this is text with a .jpg name")
+    (cls / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    run_dir = tmp_path / "run"
+    status, err = run_cli("train.py", FAST + ["--data_dir", str(data), "--ckpt_save_dir", str(run_dir),
+                                               "--epoch_size", "1", "--val_while_train", "True"], capsys)
+    assert status == 0, err
+    listed = (run_dir / "skipped_files.txt").read_text()
+    for name in ("truncated.jpg", "empty.jpg", "notes.txt", "text_named.jpg", ".DS_Store"):
+        assert name in listed
+    for name in ("grey.png", "cmyk.jpg", "palette.png", "deep16.png", "exif_rotated.jpg", "huge.jpg"):
+        assert name not in listed
+    epoch = [json.loads(x) for x in open(run_dir / "metrics.jsonl")][-1]
+    assert epoch["skipped_files"] == 5 and epoch["val_images"] == 15
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoints given to validate.py / train.py
+@pytest.fixture(scope="module")
+def good_ckpt(tmp_path_factory):
+    from mindcv_mnv2.checkpoint import model_meta, save_checkpoint
+    from mindcv_mnv2.models import create_model
+
+    path = tmp_path_factory.mktemp("ckpts") / "good.ckpt"
+    net = create_model("mobilenet_v2_035", num_classes=3)
+    save_checkpoint(str(path), {p.name: p for p in net.get_parameters()},
+                    model_meta("mobilenet_v2_035", {"num_classes": 3, "padding": "symmetric"}))
+    return path
+
+
+def _ckpt_of(tmp_path, name, model="mobilenet_v2_035", num_classes=3, padding="symmetric"):
+    from mindcv_mnv2.checkpoint import model_meta, save_checkpoint
+    from mindcv_mnv2.models import create_model
+
+    net = create_model(model, num_classes=num_classes, padding=padding)
+    path = tmp_path / name
+    save_checkpoint(str(path), {p.name: p for p in net.get_parameters()},
+                    model_meta(model, {"num_classes": num_classes, "padding": padding}))
+    return path
+
+
+@pytest.mark.parametrize("case", ["truncated", "not a checkpoint", "other width", "other num_classes",
+                                  "other padding"])
+def test_bad_checkpoint_for_validate(case, good_ckpt, tmp_path, capsys):
+    data = build_tiny_imagefolder(tmp_path / "tiny", size=40)
+    argv = ["--data_dir", str(data), "--device_target", "CPU", "--image_resize", "32"]
+    if case == "truncated":
+        bad = tmp_path / "t.ckpt"
+        bad.write_bytes(good_ckpt.read_bytes()[:20000])
+        argv += ["--ckpt_path", str(bad)]
+        needle = "t.ckpt"
+    elif case == "not a checkpoint":
+        bad = tmp_path / "notes.ckpt"
+        bad.write_text("hello")
+        argv += ["--ckpt_path", str(bad)]
+        needle = "notes.ckpt"
+    elif case == "other width":
+        argv += ["--ckpt_path", str(_ckpt_of(tmp_path, "w.ckpt", "mobilenet_v2_050")), "--model", "mobilenet_v2_035"]
+        needle = "width"
+    elif case == "other num_classes":
+        argv += ["--ckpt_path", str(_ckpt_of(tmp_path, "c.ckpt", num_classes=10))]
+        needle = "10"  # 10 checkpoint classes vs 3 class folders
+    else:
+        argv += ["--ckpt_path", str(_ckpt_of(tmp_path, "p.ckpt", padding="tf_same")), "--padding", "symmetric"]
+        needle = "tf_same"
+    status, err = run_cli("validate.py", argv, capsys)
+    assert status == 2, err
+    assert needle in err and len(err.strip().splitlines()) <= 8 and "Traceback" not in err, err
+    assert "top-1" not in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------------
+# crashes and interruptions
+def _spawn(argv, **kw):
+    return subprocess.Popen(TRAIN + argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "MNV2_NO_BARS": "1"}, **kw)
+
+
+def _wait_for(path, proc, timeout=240):
+    end = time.time() + timeout
+    while time.time() < end:
+        if path.exists():
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"training ended early: {proc.stderr.read()[-2000:]}")
+        time.sleep(0.05)
+    raise AssertionError(f"{path} did not appear")
+
+
+def _weights(path):
+    from mindcv_mnv2.checkpoint import extract_model_state, read_checkpoint
+
+    tensors, meta = read_checkpoint(str(path))
+    return extract_model_state(tensors, use_ema=False), meta
+
+
+def test_kill9_then_resume_matches_uninterrupted(fm, tmp_path):
+    common = FAST + ["--data_dir", str(fm), "--epoch_size", "3"]
+    ref = subprocess.run(TRAIN + common + ["--ckpt_save_dir", str(tmp_path / "ref")], cwd=ROOT,
+                         capture_output=True, text=True, timeout=600)
+    assert ref.returncode == 0, ref.stderr[-2000:]
+
+    run_dir = tmp_path / "killed"
+    proc = _spawn(common + ["--ckpt_save_dir", str(run_dir)])
+    _wait_for(run_dir / "mobilenet_v2_035-1_20.ckpt", proc)
+    time.sleep(0.5)  # now inside epoch 2
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    assert not (run_dir / "mobilenet_v2_035-3_20.ckpt").exists()
+    resumed = subprocess.run(TRAIN + common + ["--ckpt_save_dir", str(run_dir), "--resume", str(run_dir)],
+                             cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resumed from" in resumed.stdout
+    a, meta_a = _weights(tmp_path / "ref" / "mobilenet_v2_035-3_20.ckpt")
+    b, meta_b = _weights(run_dir / "mobilenet_v2_035-3_20.ckpt")
+    assert meta_a["train_state"]["global_step"] == meta_b["train_state"]["global_step"] == 60
+    for name in a:
+        np.testing.assert_allclose(b[name], a[name], rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+def test_sigint_saves_resumable_checkpoint(fm, tmp_path):
+    run_dir = tmp_path / "sigint"
+    common = FAST + ["--data_dir", str(fm), "--epoch_size", "2", "--ckpt_save_dir", str(run_dir)]
+    proc = _spawn(common)
+    _wait_for(run_dir / "metrics.jsonl", proc)  # the first step lines are written: training is under way
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "--resume" in err and "Traceback" not in err
+    saved = run_dir / "mobilenet_v2_035_interrupted.ckpt"
+    _, meta = _weights(saved)
+    ts = meta["train_state"]
+    assert ts["global_step"] == ts["epoch"] * 20 + ts["step_in_epoch"] > 0
+    resumed = subprocess.run(TRAIN + common + ["--resume", str(run_dir)], cwd=ROOT, capture_output=True, text=True,
+                             timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    _, meta = _weights(run_dir / "mobilenet_v2_035-2_20.ckpt")
+    assert meta["train_state"]["global_step"] == 40
+
+
+_WRITER = """
+import sys, numpy as np
+sys.path.insert(0, sys.argv[2])
+from mindcv_mnv2.checkpoint import save_checkpoint
+params = {f"w{i}": np.full((256, 256), float(i), np.float32) for i in range(64)}  # 16 MB
+k = 0
+while True:
+    k += 1
+    save_checkpoint(sys.argv[1], {n: v + k for n, v in params.items()}, {"k": k})
+"""
+
+
+def test_kill9_during_save_keeps_the_previous_checkpoint(tmp_path):
+    from mindcv_mnv2.checkpoint import read_checkpoint
+
+    path = tmp_path / "c.ckpt"
+    for delay in (0.4, 0.9, 1.3, 1.7):
+        proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(path), str(ROOT)])
+        time.sleep(delay)
+        proc.kill()
+        proc.wait()
+        if not path.exists():
+            continue  # killed before the first save finished: nothing was there to lose
+        tensors, meta = read_checkpoint(str(path))
+        assert tensors["w5"][0, 0] == 5 + meta["k"]  # a complete, consistent file
+    assert path.exists()
+    # A writer killed mid-save cannot clean up; the next save in that folder removes its temporaries.
+    from mindcv_mnv2.checkpoint import save_checkpoint
+
+    save_checkpoint(str(path), {"w5": np.zeros((2, 2), np.float32)}, {"k": 0})
+    assert [p.name for p in tmp_path.iterdir()] == ["c.ckpt"], "temporary files left behind"
+
+
+def test_disk_full_during_save_keeps_earlier_checkpoints(fm, tmp_path, monkeypatch):
+    import mindspore as ms
+
+    from mindcv_mnv2.checkpoint import CheckpointError
+    from mindcv_mnv2.config import load_config
+    from mindcv_mnv2.engine.trainer import train
+    from mindcv_mnv2.models.registry import model_defaults
+
+    real_save, calls = ms.save_checkpoint, []
+
+    def full_disk(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 2:  # epoch 1 and best of epoch 1 are written, then the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(*args, **kwargs)
+
+    monkeypatch.setattr(ms, "save_checkpoint", full_disk)
+    run_dir = tmp_path / "full"
+    cfg = load_config(overrides=dict(model="mobilenet_v2_035", device_target="CPU", data_dir=str(fm),
+                                     ckpt_save_dir=str(run_dir), image_resize=32, batch_size=16, epoch_size=2,
+                                     num_parallel_workers=2, val_while_train=True, opt="momentum", lr=0.05),
+                      model_defaults=model_defaults)
+    with pytest.raises(CheckpointError) as info:
+        train(cfg)
+    msg = str(info.value)
+    assert "disk is full" in msg and "earlier checkpoints are intact" in msg and "mobilenet_v2_035-1_20" in msg, msg
+    tensors, meta = _weights(run_dir / "mobilenet_v2_035-1_20.ckpt")
+    assert meta["train_state"]["epoch"] == 1
+    assert sorted(p.name for p in run_dir.glob("*.ckpt*")) == ["mobilenet_v2_035-1_20.ckpt",
+                                                                "mobilenet_v2_035_best.ckpt"]
