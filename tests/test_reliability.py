@@ -111,6 +111,7 @@ def test_bad_data_is_one_clear_error(case, fm, tmp_path, capsys):
     (["--batch_size", "1000"], "batch_size"),
     (["--pretrained", "True"], "never downloads"),
     (["--resume_opt", "True"], "resume_opt"),
+    (["--device_target", "Ascend"], "not available to this MindSpore build"),
 ])
 def test_bad_recipe_for_the_data(extra, needle, fm, tmp_path, capsys):
     status, err = run_cli("train.py", FAST + ["--data_dir", str(fm), "--ckpt_save_dir", str(tmp_path / "r")] + extra,
@@ -158,6 +159,29 @@ def test_messy_folder_trains_and_reports_what_it_skipped(tmp_path, capsys):
         assert name not in listed
     epoch = [json.loads(x) for x in open(run_dir / "metrics.jsonl")][-1]
     assert epoch["skipped_files"] == 5 and epoch["val_images"] == 15
+
+
+def test_image_that_fails_to_decode_mid_epoch(fm, tmp_path, capsys):
+    """A JPEG whose header passes the scan but cannot be decoded: one error naming the fix, progress saved."""
+    import io
+
+    from PIL import Image
+
+    data = copy_tree(fm, tmp_path / "data")
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 40), (10, 200, 30)).save(buf, "JPEG")
+    raw = bytearray(buf.getvalue())
+    sof = raw.find(b"\xff\xc0")
+    raw[sof + 5:sof + 7] = b"\x00\x00"  # frame height 0: libjpeg refuses it
+    (data / "train" / "3_dress" / "zz_broken.jpg").write_bytes(bytes(raw))
+    run_dir = tmp_path / "run"
+    status, err = run_cli("train.py", FAST + ["--data_dir", str(data), "--ckpt_save_dir", str(run_dir),
+                                               "--epoch_size", "1"], capsys)
+    assert status == 2
+    assert "could not be decoded" in err and "mindcv_mnv2.data.verify" in err and "Traceback" not in err
+    assert "Progress was saved to" in err
+    _, meta = _weights(run_dir / "mobilenet_v2_035_interrupted.ckpt")
+    assert meta["train_state"]["epoch"] == 0
 
 
 # ---------------------------------------------------------------------------------------------

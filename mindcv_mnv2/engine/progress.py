@@ -44,6 +44,14 @@ def progress_bar(total: int, desc: str, enabled: bool = True) -> Iterator[Any]:
         bar.close()
 
 
+class _StdoutHandler(logging.StreamHandler):
+    """Writes to whatever sys.stdout is at the time (it may be replaced, e.g. by test capture)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stdout
+        super().emit(record)
+
+
 def setup_logging(run_dir: Optional[str], rank: int = 0, world: int = 1) -> logging.Logger:
     """Console output on rank 0, and a log file per rank in the run directory."""
     log = logging.getLogger(LOGGER_NAME)
@@ -53,7 +61,7 @@ def setup_logging(run_dir: Optional[str], rank: int = 0, world: int = 1) -> logg
         log.removeHandler(h)
         h.close()
     if rank == 0:
-        console = logging.StreamHandler(sys.stdout)
+        console = _StdoutHandler(sys.stdout)
         console.setFormatter(logging.Formatter("%(message)s"))
         log.addHandler(console)
     if run_dir:
