@@ -224,33 +224,27 @@ def _is_none(v: Any) -> bool:
     return v is None or (isinstance(v, str) and v.strip().lower() in ("none", "null", "~", ""))
 
 
+def _to_number(v: Any, typ: type, key: str) -> Any:
+    what = "an integer" if typ is int else "a number"
+    if not isinstance(v, bool):
+        if isinstance(v, (int, float)):
+            if typ is float:
+                return float(v)
+            if isinstance(v, int) or v.is_integer():
+                return int(v)
+        elif isinstance(v, str):  # command-line text; also YAML 1.1 reads 3e-5 (no dot) as a string
+            try:
+                return typ(v.strip())
+            except ValueError:
+                pass
+    raise ConfigError(f"{key}: expected {what}, got {v!r}")
+
+
 def _to_scalar(v: Any, typ: type, key: str) -> Any:
     if typ is bool:
         return _to_bool(v, key)
-    if typ is int:
-        if isinstance(v, bool):
-            raise ConfigError(f"{key}: expected an integer, got {v!r}")
-        if isinstance(v, int):
-            return v
-        if isinstance(v, float) and v.is_integer():
-            return int(v)
-        if isinstance(v, str):
-            try:
-                return int(v.strip())
-            except ValueError:
-                pass
-        raise ConfigError(f"{key}: expected an integer, got {v!r}")
-    if typ is float:
-        if isinstance(v, bool):
-            raise ConfigError(f"{key}: expected a number, got {v!r}")
-        if isinstance(v, (int, float)):
-            return float(v)
-        if isinstance(v, str):  # YAML 1.1 reads 3e-5 (no dot) as a string
-            try:
-                return float(v.strip())
-            except ValueError:
-                pass
-        raise ConfigError(f"{key}: expected a number, got {v!r}")
+    if typ in (int, float):
+        return _to_number(v, typ, key)
     if typ is str:
         if isinstance(v, str):
             return v

@@ -5,49 +5,41 @@ import mindspore as ms
 from mindspore import nn, ops
 
 
-class CrossEntropySmooth(nn.Cell):
+class _SmoothedTargets(nn.Cell):
+    """Shared part: hard labels become smoothed one-hot targets; soft labels pass through."""
+
+    def __init__(self, num_classes: int, smoothing: float = 0.0, reduction: str = "mean") -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.on_value = ms.Tensor(1.0 - smoothing + smoothing / num_classes, ms.float32)
+        self.off_value = ms.Tensor(smoothing / num_classes, ms.float32)
+        self.reduction = reduction
+
+    def targets(self, labels):
+        if labels.ndim == 1:
+            return ops.one_hot(labels, self.num_classes, self.on_value, self.off_value)
+        return labels  # soft labels already carry any smoothing (data.mixup folds it in)
+
+    def reduce(self, loss):
+        return loss.mean() if self.reduction == "mean" else loss.sum()
+
+
+class CrossEntropySmooth(_SmoothedTargets):
     """Softmax cross-entropy with label smoothing; accepts class indices or soft targets."""
 
-    def __init__(self, num_classes: int, smoothing: float = 0.0, reduction: str = "mean") -> None:
-        super().__init__()
-        self.num_classes = num_classes
-        self.smoothing = smoothing
-        self.reduction = reduction
-
     def construct(self, logits, labels):
-        logits = ops.cast(logits, ms.float32)
-        logp = ops.log_softmax(logits, -1)
-        if labels.ndim == 1:  # hard labels: smoothing is applied here
-            on = 1.0 - self.smoothing
-            off = self.smoothing / self.num_classes
-            target = ops.one_hot(labels, self.num_classes, ms.Tensor(on + off, ms.float32),
-                                 ms.Tensor(off, ms.float32))
-        else:  # soft labels already carry any smoothing (data.mixup folds it in)
-            target = labels
-        loss = -(target * logp).sum(-1)
-        return loss.mean() if self.reduction == "mean" else loss.sum()
+        logp = ops.log_softmax(ops.cast(logits, ms.float32), -1)
+        return self.reduce(-(self.targets(labels) * logp).sum(-1))
 
 
-class BinaryCrossEntropySmooth(nn.Cell):
+class BinaryCrossEntropySmooth(_SmoothedTargets):
     """Sigmoid binary cross-entropy over one-hot (smoothed) or soft targets."""
 
-    def __init__(self, num_classes: int, smoothing: float = 0.0, reduction: str = "mean") -> None:
-        super().__init__()
-        self.num_classes = num_classes
-        self.smoothing = smoothing
-        self.reduction = reduction
-
     def construct(self, logits, labels):
         logits = ops.cast(logits, ms.float32)
-        if labels.ndim == 1:
-            off = self.smoothing / self.num_classes
-            target = ops.one_hot(labels, self.num_classes, ms.Tensor(1.0 - self.smoothing + off, ms.float32),
-                                 ms.Tensor(off, ms.float32))
-        else:
-            target = labels
-        loss = ops.binary_cross_entropy_with_logits(logits, target, ops.ones_like(logits), ops.ones_like(logits),
-                                                    reduction="none").mean(-1)
-        return loss.mean() if self.reduction == "mean" else loss.sum()
+        ones = ops.ones_like(logits)
+        loss = ops.binary_cross_entropy_with_logits(logits, self.targets(labels), ones, ones, reduction="none")
+        return self.reduce(loss.mean(-1))
 
 
 def create_loss(name: str, num_classes: int, label_smoothing: float = 0.0, reduction: str = "mean") -> nn.Cell:
