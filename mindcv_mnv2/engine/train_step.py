@@ -39,15 +39,15 @@ def _zero_tensor(acc):
 
 
 class NetWithLoss(nn.Cell):
-    """Network followed by the loss, keeping the network's parameter names."""
+    """Network, loss, times the loss scale; keeps the network's parameter names."""
 
     def __init__(self, net: nn.Cell, loss_fn: nn.Cell) -> None:
         super().__init__(auto_prefix=False)
         self.net = net
         self.loss_fn = loss_fn
 
-    def construct(self, images, labels):
-        return self.loss_fn(self.net(images), labels)
+    def construct(self, images, labels, scale):
+        return self.loss_fn(self.net(images), labels) * F.cast(scale, ms.float32)
 
 
 class TrainStep(nn.Cell):
@@ -69,7 +69,6 @@ class TrainStep(nn.Cell):
         self.net_with_loss = NetWithLoss(net, loss_fn)
         self.optimizer = optimizer
         self.weights = optimizer.parameters
-        self.grad = C.GradOperation(get_by_list=True, sens_param=True)
         self.hyper_map = C.HyperMap()
         self.loss_scale = Parameter(Tensor(loss_scale, ms.float32), name="scale_sense", requires_grad=False)
         self.dynamic = dynamic_loss_scale
@@ -93,9 +92,9 @@ class TrainStep(nn.Cell):
         self.use_reducer = grad_reducer is not None
 
     def construct(self, images, labels):
-        loss = self.net_with_loss(images, labels)
-        sens = F.fill(loss.dtype, loss.shape, 1.0) * F.cast(self.loss_scale, loss.dtype)
-        grads = self.grad(self.net_with_loss, self.weights)(images, labels, sens)
+        # One forward pass gives loss and gradients (a separate forward would update BN statistics twice).
+        scaled, grads = ops.value_and_grad(self.net_with_loss, None, self.weights)(images, labels, self.loss_scale)
+        loss = scaled / self.loss_scale
         if self.accumulate > 1:
             grads = F.depend(grads, self.hyper_map(_accumulate, self.accum, grads))
             grads = self.hyper_map(F.partial(_unscale, self.inv_accumulate), self.accum)
@@ -145,11 +144,8 @@ class AccumulateStep(nn.Cell):
         self.weights = step.weights
         self.accum = step.accum
         self.loss_scale = step.loss_scale
-        self.grad = C.GradOperation(get_by_list=True, sens_param=True)
         self.hyper_map = C.HyperMap()
 
     def construct(self, images, labels):
-        loss = self.net_with_loss(images, labels)
-        sens = F.fill(loss.dtype, loss.shape, 1.0) * F.cast(self.loss_scale, loss.dtype)
-        grads = self.grad(self.net_with_loss, self.weights)(images, labels, sens)
-        return F.depend(loss, self.hyper_map(_accumulate, self.accum, grads))
+        scaled, grads = ops.value_and_grad(self.net_with_loss, None, self.weights)(images, labels, self.loss_scale)
+        return F.depend(scaled / self.loss_scale, self.hyper_map(_accumulate, self.accum, grads))
