@@ -102,6 +102,8 @@ class Config:
     in_channels: int = _f(3, "input image channels [models.create_model]")
     drop_rate: Optional[float] = _f(None, "dropout before the classifier (None = 0.2) [models.create_model]")
     drop_path_rate: Optional[float] = _f(None, "stochastic depth (MindCV key; not part of MobileNetV2, must be None/0)")
+    output_stride: int = _f(32, "network stride: 16 or 8 keep later feature maps larger with dilation (same "
+                                "parameters; for small images and dense tasks) [models.create_model]", (8, 16, 32))
     padding: str = _f("symmetric", "symmetric (MindCV/torchvision) or tf_same (TensorFlow/Keras weights) "
                                    "[models.create_model]", ("symmetric", "tf_same"))
     pretrained: bool = _f(False, "initialise from ckpt_path (nothing is downloaded) [checkpoint.load_weights]")

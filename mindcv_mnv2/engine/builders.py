@@ -73,7 +73,8 @@ def check_padding(cfg: Config, explicit_keys: frozenset, ckpt_padding: Optional[
 
 def model_kwargs(cfg: Config, num_classes: int) -> Dict[str, Any]:
     """Constructor arguments of models.create_model from the recipe."""
-    kw: Dict[str, Any] = {"num_classes": num_classes, "in_channels": cfg.in_channels, "padding": cfg.padding}
+    kw: Dict[str, Any] = {"num_classes": num_classes, "in_channels": cfg.in_channels, "padding": cfg.padding,
+                          "output_stride": cfg.output_stride}
     if cfg.drop_rate is not None:
         kw["drop_rate"] = cfg.drop_rate
     return kw

@@ -92,8 +92,11 @@ def _load_ckpt(cfg: Config, use_ema: bool, device: str, explicit_keys: frozenset
     ckpt_kwargs = meta.get("model_kwargs") or {}
     padding = builders.check_padding(cfg, explicit_keys, ckpt_kwargs.get("padding"), cfg.ckpt_path)
     kwargs = {"num_classes": num_classes, "in_channels": cfg.in_channels, "padding": padding}
-    if "drop_rate" in ckpt_kwargs:
-        kwargs["drop_rate"] = ckpt_kwargs["drop_rate"]
+    for key in ("drop_rate", "output_stride"):  # architecture facts travel with the weights
+        if key in ckpt_kwargs and key not in explicit_keys:
+            kwargs[key] = ckpt_kwargs[key]
+    if "output_stride" in explicit_keys:
+        kwargs["output_stride"] = cfg.output_stride
     cfg = _eval_config(cfg, meta.get("eval") or {})
     net = create_model(cfg.model, **kwargs)
     has_ema = any(k.startswith("ema.") for k in tensors)
