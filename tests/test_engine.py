@@ -241,3 +241,20 @@ def test_validate_ckpt_and_exported_mindir_agree(graph_run, tmp_path):
     assert from_mindir["loss"] == pytest.approx(from_ckpt["loss"], rel=1e-5)
     raw = validate(base, use_ema=False)
     assert raw["num_images"] == VAL_IMAGES and raw["loss"] != pytest.approx(from_ckpt["loss"], rel=1e-6)
+
+
+def test_fine_tune_onto_new_classes(graph_run, tiny_imagefolder, tmp_path, capsys):  # noqa: F811
+    """ckpt_path with another class count: backbone loaded, classifier re-initialised for 3 classes."""
+    from mindcv_mnv2.engine.trainer import train
+
+    _, run_dir, _ = graph_run
+    source = run_dir / f"mobilenet_v2_035-2_{STEPS}.ckpt"
+    out = tmp_path / "ft"
+    cfg = make_cfg(tiny_imagefolder, out, mode=0, epoch_size=1, batch_size=8, lr=1e-7, val_while_train=False,
+                   ckpt_path=str(source), pretrained=True, mean=None, std=None)
+    train(cfg)
+    assert "re-initialised (fine-tuning)" in capsys.readouterr().out
+    tuned, _, meta = model_tensors(out / "mobilenet_v2_035-1_3.ckpt")  # 24 images / 8
+    src, _, _ = model_tensors(source)
+    assert tuned["classifier.1.weight"].shape[0] == 3 and meta["class_names"] == ["cat_a", "cat_b", "cat_c"]
+    np.testing.assert_allclose(tuned["features.0.weight"], src["features.0.weight"], atol=1e-5)
