@@ -40,7 +40,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     common = ["-c", RECIPE, "--data_dir", args.data_dir]
     train_argv = common + ["--ckpt_save_dir", run_dir]
     if args.epochs:
-        train_argv += ["--epoch_size", str(args.epochs), "--decay_epochs", str(max(args.epochs - 0.2, 0.1))]
+        train_argv += ["--epoch_size", str(args.epochs), "--decay_epochs", str(max(args.epochs - 0.1, 0.1))]
     print(f"[2/3] training (run directory {run_dir})", flush=True)
     import train as train_entry  # noqa: E402  (the repository's own train.py)
 
