@@ -65,31 +65,6 @@ def _export_meta(net: Any, shape: Sequence[int], fmt: str) -> Dict[str, Any]:
             "eval": facts, "class_names": meta.get("class_names")}
 
 
-def _onnx_friendly(net: Any) -> None:
-    """Replace TF-'SAME' convs (ops.pad, which the ONNX exporter rejects) by pad_mode='same' convs.
-
-    MindSpore's pad_mode="same" pads exactly like TF SAME (extra row/column bottom/right), so the
-    swap is numerically identical; the new conv shares the original weight Parameter.
-    """
-    from mindspore import nn
-
-    try:
-        from mindcv_mnv2.models.mobilenetv2 import TFSameConv2d
-    except ImportError:  # no such class: nothing to swap
-        return
-    for _, parent in list(net.cells_and_names()):
-        for key, child in list(parent.name_cells().items()):
-            if not isinstance(child, TFSameConv2d):
-                continue
-            same = nn.Conv2d(child.in_channels, child.out_channels, child.kernel_size, child.stride,
-                             pad_mode="same", dilation=child.dilation, group=child.group, has_bias=False)
-            same.weight = child.weight
-            if isinstance(parent, nn.SequentialCell):
-                parent[int(key)] = same
-            else:
-                setattr(parent, key, same)
-
-
 def _write_mindir(net: Any, x: Any, target: str, meta: Dict[str, Any]) -> None:
     import mindspore as ms
 
@@ -102,7 +77,6 @@ def _write_mindir(net: Any, x: Any, target: str, meta: Dict[str, Any]) -> None:
 def _write_onnx(net: Any, x: Any, target: str, meta: Dict[str, Any]) -> None:
     import mindspore as ms
 
-    _onnx_friendly(net)
     # mindspore.onnx.export is the non-deprecated route (ms.export(file_format="ONNX") warns)
     ms.onnx.export(net, x, file_name=target, input_names=["image"], output_names=["logits"],
                    dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}})

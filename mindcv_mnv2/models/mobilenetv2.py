@@ -124,32 +124,17 @@ def param_shapes(width_mult: float = 1.0, num_classes: int = 1000, in_channels: 
 
 
 class TFSameConv2d(nn.Conv2d):
-    """Conv2d with TensorFlow 'SAME' padding computed from the actual input size.
+    """Conv2d with TensorFlow 'SAME' padding, for weights trained in TensorFlow/Keras.
 
-    The pad is asymmetric (extra row/column at the bottom/right) when the total is odd, as in
-    TF/Keras. It holds exactly the parameters of nn.Conv2d, so names and shapes are unchanged.
+    MindSpore's pad_mode="same" pads exactly as TF does (an odd total puts the extra row and
+    column at the bottom/right), for any input size, and exports to MINDIR and ONNX. It holds
+    exactly the parameters of nn.Conv2d, so names and shapes are unchanged.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
                  dilation: int = 1, group: int = 1, weight_init=None) -> None:
-        super().__init__(in_channels, out_channels, kernel_size, stride, pad_mode="valid",
+        super().__init__(in_channels, out_channels, kernel_size, stride, pad_mode="same",
                          dilation=dilation, group=group, has_bias=False, weight_init=weight_init)
-        self.k_eff = (kernel_size - 1) * dilation + 1
-        self.s = stride
-
-    def construct(self, x):
-        # Shapes are static here (compile-time constants in graph mode), so this is plain int math.
-        h = x.shape[2]
-        w = x.shape[3]
-        pad_h = ((h + self.s - 1) // self.s - 1) * self.s + self.k_eff - h
-        pad_w = ((w + self.s - 1) // self.s - 1) * self.s + self.k_eff - w
-        pad_h = max(pad_h, 0)
-        pad_w = max(pad_w, 0)
-        top = pad_h // 2
-        left = pad_w // 2
-        # ops.Pad (not ops.pad -> PadV3) so the graph also exports to ONNX
-        x = ops.Pad(((0, 0), (0, 0), (top, pad_h - top), (left, pad_w - left)))(x)
-        return self.conv2d(x, self.weight)
 
 
 def _conv(in_ch: int, out_ch: int, kernel: int, stride: int = 1, dilation: int = 1,
