@@ -164,16 +164,29 @@ def test_nan_loss_stops_with_step_and_keeps_last_good(fashion_mnist_tiny, tmp_pa
 
     run_dir = tmp_path / "nan"
     # epoch 1 trains normally, then the LR is multiplied by 1e30 and the loss explodes
+    # (mixup/cutmix with label smoothing on: the soft-label path through the compiled step)
     cfg = make_cfg(fashion_mnist_tiny, run_dir, mode=0, epoch_size=3, scheduler="multi_step_decay",
-                   multi_step_decay_milestones=(1,), decay_rate=1e30, val_while_train=False)
+                   multi_step_decay_milestones=(1,), decay_rate=1e30, val_while_train=False, mixup=0.2,
+                   cutmix=1.0, label_smoothing=0.1)
     with pytest.raises(TrainingDiverged) as info:
         train(cfg)
     msg = str(info.value)
     assert "epoch 2" in msg and "step" in msg and f"mobilenet_v2_035-1_{STEPS}.ckpt" in msg
     _, _, meta = model_tensors(run_dir / f"mobilenet_v2_035-1_{STEPS}.ckpt")  # still loads
     assert meta["train_state"]["epoch"] == 1
-    last = read_jsonl(run_dir / "metrics.jsonl")[-1]
-    assert last["type"] == "diverged" and last["epoch"] == 2
+    records = read_jsonl(run_dir / "metrics.jsonl")
+    assert records[-1]["type"] == "diverged" and records[-1]["epoch"] == 2
+    first_epoch = [r for r in records if r["type"] == "epoch"][0]
+    assert math.isfinite(first_epoch["loss"]) and first_epoch["loss"] > 0
+
+
+def test_amp_falls_back_on_cpu_with_a_warning(caplog):
+    from mindcv_mnv2.engine.context import amp_level_for
+
+    with caplog.at_level("WARNING", logger="mindcv_mnv2"):
+        assert amp_level_for("CPU", "O3") == "O0"
+    assert "O3 is not supported on CPU" in caplog.text
+    assert amp_level_for("GPU", "O2") == "O2" and amp_level_for("Ascend", "O3") == "O3"
 
 
 def _biased_checkpoint(path, favourite, num_classes=3):
