@@ -63,8 +63,12 @@ def launched_world_size() -> int:
     return 1
 
 
-def init_distributed(enabled: bool, device_target: str) -> DistInfo:
-    """Join the process group when ``enabled`` (recipe key ``distribute``); else a world of one."""
+def init_distributed(enabled: bool, device_target: str, require_launcher: bool = True) -> DistInfo:
+    """Join the process group when ``enabled`` (recipe key ``distribute``); else a world of one.
+
+    With ``require_launcher`` False (validation: one process gives the same numbers), an enabled
+    run that no launcher started runs as a world of one instead of stopping.
+    """
     launcher = detect_launcher()
     if not enabled:
         if launcher in ("msrun", "mpirun") and launched_world_size() > 1:
@@ -75,6 +79,8 @@ def init_distributed(enabled: bool, device_target: str) -> DistInfo:
                                    f"run without {launcher} to train on one device")
         return DistInfo()
     if not launcher:
+        if not require_launcher:
+            return DistInfo()
         raise DistributedError("distribute is True but this process was not started by a launcher; " + LAUNCH_HELP)
     if launcher == "mpirun" and device_target == "CPU":
         from .tools.mpi_bootstrap import bootstrap_cpu_cluster  # CPU needs MindSpore's dynamic cluster
