@@ -52,7 +52,7 @@ def validate(cfg: Config, use_ema: bool = True, output_json: Optional[str] = Non
 
     _check_path(cfg.ckpt_path)
     device = setup_context(cfg.mode, cfg.device_target, cfg.seed)
-    dist = init_distributed(cfg.distribute, device)
+    dist = init_distributed(cfg.distribute, device, require_launcher=False)  # recipes say distribute: True
     setup_logging(None, dist.rank, dist.world)
     if cfg.ckpt_path.lower().endswith(".mindir"):
         forward, class_names, cfg, batch, num_outputs = _load_mindir(cfg)
