@@ -157,8 +157,11 @@ def _watch_scheduler(sched: _Scheduler) -> None:
 
 
 def _wait_listening(sched: _Scheduler, host: str, port: int, timeout: float) -> None:
-    """Block until the scheduler accepts connections (workers that connect too early back off for
-    tens of seconds in MindSpore 2.10), or raise OSError with the scheduler's own diagnosis."""
+    """Block until the scheduler accepts connections, or raise OSError with its own diagnosis.
+
+    Workers would otherwise start registering while the scheduler still imports MindSpore (their
+    retries then make the start slower), and a scheduler that cannot start would only show up as
+    workers waiting for MS_TOPO_TIMEOUT."""
     deadline = time.monotonic() + timeout
     while True:
         code = sched.proc.poll()
