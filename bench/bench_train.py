@@ -119,6 +119,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="smoke size, one repetition")
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--workers_variants", type=int, nargs="*", default=[],
+                    help="also run train.py with these num_parallel_workers values")
     ap.add_argument("--no_sink", action="store_true", help="skip the MindCV sink-mode contender (slow)")
     ap.add_argument("--only", default=None, help="run only the case whose name contains this")
     args = ap.parse_args(argv)
@@ -134,6 +136,9 @@ def main(argv=None) -> int:
             continue
         print(f"== {name}", file=sys.stderr)
         contenders = {"project_train.py": project_run(recipe, data_dir, ov, scratch)}
+        for nw in args.workers_variants:
+            contenders[f"project_train.py num_parallel_workers={nw}"] = project_run(
+                recipe, data_dir, {**ov, "num_parallel_workers": nw}, scratch)
         if with_mindcv:
             contenders["mindcv_0.3.0 sink off"] = mindcv_run(recipe, data_dir, ov, scratch, sink=False)
             if not args.quick and not args.no_sink:

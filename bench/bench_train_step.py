@@ -33,6 +33,10 @@ def ms_worker(args: argparse.Namespace) -> dict:
     """Time the project's TrainStep in this process; returns the measurement."""
     import numpy as np
 
+    if args.aot_depthwise:
+        # libgomp (loaded by MindSpore) reads this once at load: idle OpenMP threads of the AOT kernels
+        # must sleep, not spin, or they take the 2 cores from MindSpore's own thread pool
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     t_import = time.perf_counter()
     import mindspore as ms
 
@@ -54,6 +58,11 @@ def ms_worker(args: argparse.Namespace) -> dict:
         ms.runtime.set_cpu_affinity(True)
     import_s = time.perf_counter() - t_import
     net = create_model(WIDTH_NAMES[args.width], num_classes=args.num_classes)
+    swapped = 0
+    if args.aot_depthwise:  # the bench/aot_depthwise prototype in place of nn.Conv2d(group=C)
+        from bench_aot_depthwise import swap_depthwise
+
+        swapped = swap_depthwise(net)
     loss_fn = create_loss("CE", args.num_classes, 0.1)
     lr = np.full(10_000, 0.01, np.float32)
     opt = create_optimizer(net.trainable_params(), "momentum", lr, momentum=0.9, weight_decay=4e-5,
@@ -63,7 +72,10 @@ def ms_worker(args: argparse.Namespace) -> dict:
     rng = np.random.default_rng(0)
     x = ms.Tensor(rng.standard_normal((args.batch, 3, args.size, args.size)).astype(np.float32))
     y = ms.Tensor(rng.integers(0, args.num_classes, args.batch).astype(np.int32))
-    return _time_steps(lambda: float(step(x, y).asnumpy()), args, extra={"import_s": import_s})
+    names = [p.name for p in step.trainable_params()]
+    assert len(names) == len(set(names)), "duplicate parameter names after the depthwise swap"
+    return _time_steps(lambda: float(step(x, y).asnumpy()), args,
+                       extra={"import_s": import_s, "aot_depthwise_swapped": swapped})
 
 
 def torch_worker(args: argparse.Namespace) -> dict:
@@ -160,6 +172,7 @@ def main(argv=None) -> int:
     ap.add_argument("--graph_kernel", action="store_true")
     ap.add_argument("--op_threads", type=int, default=0, help="CPU kernel threads (0 = MindSpore's default)")
     ap.add_argument("--dispatch_threads", type=int, default=0, help="runtime dispatch threads (0 = default)")
+    ap.add_argument("--aot_depthwise", action="store_true", help="swap in bench/aot_depthwise's kernels")
     ap.add_argument("--affinity", action="store_true", help="mindspore.runtime.set_cpu_affinity(True)")
     ap.add_argument("--torch_threads", type=int, default=0)
     ap.add_argument("--channels_last", action="store_true")
