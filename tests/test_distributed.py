@@ -190,8 +190,10 @@ def test_distributed_validate_equals_single_process(dist_run, mpi, fm_data, tmp_
     # batch 10: rank 0 scores 51 images in 6 batches, rank 1 50 images in 5 batches
     common = ["validate.py", "--data_dir", str(fm_data), "--ckpt_path", ckpt, "--batch_size", "10",
               "--device_target", "CPU"]
-    single = subprocess.run([sys.executable, *common, "--output_json", str(tmp_path / "one.json")], cwd=ROOT,
-                            env=_launcher_env(), capture_output=True, text=True, timeout=JOB_TIMEOUT)
+    # Without a launcher validate.py runs on one process even when the recipe says distribute: True.
+    single = subprocess.run([sys.executable, *common, "--distribute", "True", "--output_json",
+                             str(tmp_path / "one.json")], cwd=ROOT, env=_launcher_env(), capture_output=True,
+                            text=True, timeout=JOB_TIMEOUT)
     assert single.returncode == 0, _fail_message(single)
     multi = subprocess.run(_mpirun(*common, "--distribute", "True", "--output_json", str(tmp_path / "two.json")),
                            cwd=ROOT, env=_launcher_env(), capture_output=True, text=True, timeout=JOB_TIMEOUT)
@@ -223,6 +225,7 @@ def test_launcher_detection_and_standalone_under_a_launcher(monkeypatch):
     assert detect_launcher() == "" and init_distributed(False, "CPU") == DistInfo()
     with pytest.raises(DistributedError, match="mpirun -n 8 python train.py"):
         init_distributed(True, "CPU")
+    assert init_distributed(True, "CPU", require_launcher=False) == DistInfo()  # validate.py
     monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "1")
     assert detect_launcher() == "mpirun" and init_distributed(False, "CPU") == DistInfo()  # mpirun -n 1: fine
     monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "4")

@@ -1,0 +1,153 @@
+"""Smoke runs of the benchmark scripts in bench/: each still runs end to end at its --quick size.
+
+No timing assertions (the machine is shared; BENCHMARKS.md holds the measurements). Each test
+runs one script as a user would (``python bench/X.py --quick``) and checks what it wrote to
+bench/results/X.quick.json. PyTorch and MindCV 0.3.0 live in the separate bench venv
+(``bash bench/setup_venv.sh``); without it the scripts leave those contenders out and the
+checks that need them skip with that reason.
+"""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "bench"
+RESULTS = BENCH / "results"
+BENCH_PY = BENCH / ".venv" / "bin" / "python"
+HAVE_BENCH_VENV = BENCH_PY.exists()
+NO_VENV = "bench/.venv (PyTorch, MindCV 0.3.0) not set up: run `bash bench/setup_venv.sh`"
+
+sys.path.insert(0, str(BENCH))
+
+
+def _photos_or_skip() -> None:
+    import _common
+
+    if _common.photo_source() is None:
+        pytest.skip("ai-benchmark's photos are not installed (pip install ai-benchmark==0.1.2)")
+
+
+def _quick(script: str, *extra: str, timeout: float = 240) -> dict:
+    """Run bench/<script> --quick; its JSON result (fails with the script's stderr tail)."""
+    proc = subprocess.run([sys.executable, str(BENCH / script), "--quick", *extra], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{script} --quick exited {proc.returncode}:\n{proc.stderr[-3000:]}"
+    assert "| " in proc.stdout, f"{script} printed no table:\n{proc.stdout[-1000:]}"
+    name = script.removeprefix("bench_").removesuffix(".py")
+    return json.loads((RESULTS / f"{name}.quick.json").read_text())
+
+
+def _positive(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+def test_common_helpers(tmp_path, monkeypatch):
+    """Photo ImageFolder layout, paired ratios, table printing and JSON writing."""
+    import _common
+
+    _photos_or_skip()
+    monkeypatch.setattr(_common, "CACHE", tmp_path / "cache")
+    monkeypatch.setattr(_common, "RESULTS", tmp_path / "results")
+    root = _common.photo_folder(per_class_train=3, per_class_val=2, classes=4)
+    train = sorted(p.name for p in (root / "train").iterdir())
+    assert train == ["class_00", "class_01", "class_02", "class_03"]
+    assert all(len(list((root / "train" / c).iterdir())) == 3 for c in train)
+    assert len(list((root / "val" / "class_03").iterdir())) == 2
+    assert _common.photo_folder(per_class_train=3, per_class_val=2, classes=4) == root  # cached
+    runs = {"a": [{"v": 2.0}, {"v": 9.0}], "b": [{"v": 1.0}, {"v": 3.0}]}
+    assert _common.paired_ratios(runs, "a", "b", "v") == [2.0, 3.0]
+    text = _common.print_table(["x", "y"], [("r", 1.23456)])
+    assert text.splitlines()[-1] == "| r | 1.23 |"
+    path = _common.write_result("t", {"v": 1}, quick=True)
+    data = json.loads(path.read_text())
+    assert path.name == "t.quick.json" and data["v"] == 1 and data["machine"]["cores"] >= 1
+    assert len(data["machine"]["loadavg"]) == 3
+
+
+def test_mindcv_recipe_overrides():
+    """The MindCV driver reads the project's recipe and applies typed key=value overrides."""
+    import mindcv_train
+
+    cfg = mindcv_train.load_recipe(str(ROOT / "configs" / "mobilenet_v2_1.0_ascend.yaml"),
+                                   ["batch_size=32", "scale=[0.5, 1.0]", "dataset_sink_mode=false", "model=x"])
+    assert cfg["batch_size"] == 32 and cfg["scale"] == [0.5, 1.0] and cfg["dataset_sink_mode"] is False
+    assert cfg["model"] == "x" and cfg["opt"] == "momentum"
+
+
+@pytest.mark.skipif(not HAVE_BENCH_VENV, reason=NO_VENV)
+def test_torch_baseline_has_the_project_shapes():
+    """The PyTorch baseline has exactly the project's trainable parameter count at every width."""
+    from mindcv_mnv2.summary import model_summary
+
+    code = ("import sys, json; sys.path.insert(0, 'bench'); from torch_mnv2 import MobileNetV2, num_trainable; "
+            "print(json.dumps({w: num_trainable(MobileNetV2(w, 1000)) for w in (0.35, 0.75, 1.0, 1.4)}))")
+    out = subprocess.run([str(BENCH_PY), "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    counts = json.loads(out.stdout.strip().splitlines()[-1])
+    for w, n in counts.items():
+        assert n == model_summary(float(w), 224, 1000)["params_trainable"], w
+
+
+def test_train_step_quick():
+    """Project TrainStep (PyNative) and, with the bench venv, PyTorch eager: both train."""
+    data = _quick("bench_train_step.py")
+    summary = data["cases"][0]["summary"]
+    assert _positive(summary["mindspore_pynative"]["img_per_s"])
+    run = data["cases"][0]["runs"]["mindspore_pynative"][0]
+    assert math.isfinite(run["loss_first"]) and math.isfinite(run["loss_last"])
+    if HAVE_BENCH_VENV:
+        assert _positive(summary["torch_nchw"]["img_per_s"]) and _positive(summary["torch_nchw"]["x_base"])
+
+
+def test_train_quick():
+    """train.py as a user runs it and (with the bench venv) MindCV 0.3.0's pipeline, same recipe and photos."""
+    _photos_or_skip()
+    data = _quick("bench_train.py")
+    case = data["cases"][0]
+    proj = case["runs"]["project_train.py"][0]
+    assert proj["exit"] == 0 and _positive(proj["img_per_s"]) and proj["steps"] == 3
+    assert _positive(proj["peak_rss_mib"])
+    if HAVE_BENCH_VENV:
+        mcv = case["runs"]["mindcv_0.3.0 sink off"][0]
+        assert mcv["exit"] == 0 and mcv["steps"] == 3 and mcv["num_classes"] == 10 and _positive(mcv["img_per_s"])
+
+
+def test_data_quick():
+    """Project loader (1 and 2 workers) and the PIL+numpy baseline deliver images."""
+    _photos_or_skip()
+    data = _quick("bench_data.py")
+    names = [c["case"] for c in data["cases"]]
+    assert names[:2] == ["photos_train_224", "photos_val_224"]
+    for case in data["cases"]:
+        for contender in ("project_1_worker", "project_2_workers", "pil_numpy_1_thread"):
+            assert _positive(case["summary"][contender]["img_per_s"]), (case["case"], contender)
+
+
+def test_eval_quick():
+    """EvalNet and onnxruntime run the exported network and agree on the logits."""
+    data = _quick("bench_eval.py")
+    case = data["cases"][0]
+    assert _positive(case["mindspore_evalnet"]["img_per_s"]) and _positive(case["onnxruntime"]["img_per_s"])
+    assert case["max_abs_diff"] <= 1e-4 * max(1.0, case["logit_scale"])
+
+
+def test_latency_quick():
+    """Batch-1 latency row with TF-slim's MACs for 0.35 @ 96 (~11M)."""
+    data = _quick("bench_latency.py")
+    row = data["rows"][0]
+    assert (row["width"], row["size"]) == (0.35, 96)
+    assert 10 < row["macs_m"] < 12 and 1.5 < row["params_m"] < 1.8
+    assert _positive(row["mindspore_ms"]) and _positive(row["onnxruntime_ms"])
+
+
+def test_settings_quick():
+    """The settings sweep runs the default setting in a child process."""
+    data = _quick("bench_settings.py")
+    assert _positive(data["summary"]["default (graph, O0)"]["img_per_s"])
+    assert data["runs"]["default (graph, O0)"][0]["exit"] == 0
