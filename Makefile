@@ -15,11 +15,13 @@ $(VENV)/.installed: requirements.txt
 
 venv: $(VENV)/.installed
 
-# Fashion-MNIST (real images, MIT licence) comes from Debian's dataset-fashion-mnist package.
+# Fashion-MNIST (real images, MIT licence) comes from Debian's dataset-fashion-mnist package;
+# g++ builds the C++ depthwise kernel (mindcv_mnv2/ops) that CPU training uses.
 system-deps:
-	@if [ ! -f $(FMNIST)/train-images-idx3-ubyte.gz ]; then \
-	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist; fi
+	@pkgs=""; [ -f $(FMNIST)/train-images-idx3-ubyte.gz ] || pkgs="$$pkgs dataset-fashion-mnist"; \
+	command -v g++ >/dev/null || pkgs="$$pkgs g++"; \
+	if [ -n "$$pkgs" ]; then SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $$pkgs; fi
 
 demo: venv system-deps
 	$(PY) -m mindcv_mnv2.tools.demo

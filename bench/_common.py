@@ -188,6 +188,20 @@ def run_child(cmd: Sequence[str], *, env: Optional[Dict[str, str]] = None, cwd: 
             "stdout_tail": "".join(lines[-5:]) if code else ""}
 
 
+def time_blocks(runners: Dict[str, Callable[[], Any]], blocks: int, per_block: int) -> Dict[str, List[float]]:
+    """Warm each runner up once, then time calls in interleaved blocks (A A B B A A B B ...); seconds per call."""
+    for fn in runners.values():
+        fn()
+    times: Dict[str, List[float]] = {k: [] for k in runners}
+    for _ in range(blocks):
+        for k, fn in runners.items():
+            for _ in range(per_block):
+                t = time.perf_counter()
+                fn()
+                times[k].append(time.perf_counter() - t)
+    return times
+
+
 def interleave(contenders: Dict[str, Callable[[], Dict[str, Any]]], reps: int,
                announce: bool = True) -> Dict[str, List[Dict[str, Any]]]:
     """Run each contender once per repetition, in turn (A B C A B C ...); lists of their results."""

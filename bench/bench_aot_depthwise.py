@@ -1,138 +1,53 @@
-"""Prototype: depthwise 3x3 convolution as a MindSpore AOT custom operator (C++), vs nn.Conv2d(group=C).
+"""The project's C++ depthwise 3x3 kernel (mindcv_mnv2.ops, MindSpore AOT custom ops) vs nn.Conv2d(group=C).
 
     .venv/bin/python bench/bench_aot_depthwise.py            # exactness + speed on MobileNetV2 shapes
     .venv/bin/python bench/bench_aot_depthwise.py --quick    # one small shape
 
-Not wired into the model. bench/aot_depthwise/depthwise.cc (forward, input gradient, weight
-gradient; NCHW float32, padding 1, stride 1 or 2; OpenMP over planes) is compiled at run time
-with ``g++ -O3 -march=native -fopenmp -shared -fPIC`` into bench/aot_depthwise/build/ (needs g++,
-nothing else). ``AotDepthwise`` is a Cell whose ``bprop`` calls the two gradient kernels, so it
-trains in graph and PyNative mode.
-
-The libgomp wait policy is set to PASSIVE before MindSpore loads libgomp: with the default
-(spinning) policy the kernels' idle OpenMP threads compete with MindSpore's thread pool and the
-swapped network trains ~3x SLOWER on the 2 cores; ``stock + OMP_WAIT_POLICY=PASSIVE`` shows the
-setting alone does not speed up the stock network.
+mindcv_mnv2/ops/depthwise.cc (forward, input gradient, weight gradient; NCHW float32, padding 1,
+stride 1 or 2; OpenMP over planes) is compiled once per machine by ``mindcv_mnv2.ops.build_library``
+(g++ -O3 -march=native -fopenmp). It is what ``depthwise_kernel: auto`` uses on CPU.
 
 Checks: forward output, input gradient and weight gradient against ``nn.Conv2d(C, C, 3,
 stride, pad_mode="pad", padding=1, group=C)`` with the same weight (max abs difference,
 relative to the reference's scale). Speed: forward+backward (grad of sum(y * r) w.r.t. input
 and weight) per call, graph mode jit O0, both implementations interleaved in blocks; medians,
 ratio. Then the project's TrainStep (bench_train_step worker) with every depthwise conv swapped
-(``swap_depthwise``) vs stock, interleaved child processes: the demo model (0.35@32, batch 128)
-and 1.0@224 batch 32 (plus PyTorch channels_last there). Result: bench/results/aot_depthwise.json.
+vs stock, interleaved child processes: the demo model (0.35@32, batch 128) and 1.0@224 batch 32
+(plus PyTorch channels_last there). ``AOT + OMP_WAIT_POLICY=ACTIVE`` shows why the package sets
+libgomp's wait policy to PASSIVE (spinning OpenMP threads starve MindSpore's thread pool).
+Result: bench/results/aot_depthwise.json.
 """
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
-# Must precede the MindSpore import (which loads libgomp): the kernels' idle OpenMP threads sleep
-# instead of spinning on the cores MindSpore's own thread pool needs.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-SRC = Path(__file__).resolve().parent / "aot_depthwise" / "depthwise.cc"
-BUILD = SRC.parent / "build"
+import mindcv_mnv2  # noqa: E402,F401  (sets OMP_WAIT_POLICY before MindSpore loads libgomp)
+from _common import time_blocks  # noqa: E402
 
 
-def build_library() -> Path:
-    """Compile depthwise.cc once per source version; the .so path."""
-    cxx = shutil.which(os.environ.get("CXX", "g++"))
-    if cxx is None:
-        raise RuntimeError("g++ not found: install it (apt-get install g++) to build the AOT kernel")
-    stamp = int(SRC.stat().st_mtime)
-    lib = BUILD / f"libdepthwise_{stamp}.so"
-    if not lib.exists():
-        BUILD.mkdir(parents=True, exist_ok=True)
-        subprocess.run([cxx, "-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", str(SRC), "-o", str(lib)],
-                       check=True)
-    return lib
-
-
-def make_cells(lib: Path):
-    """(AotDepthwise cell class, reference factory) bound to the compiled library."""
+def make_cells():
+    """(factory of the AOT layer, factory of the nn.Conv2d reference), both from (channels, stride, weight)."""
     import mindspore as ms
-    from mindspore import nn, ops
+    from mindspore import nn
 
-    def out_hw(n: int, s: int) -> int:
-        return (n + 2 - 3) // s + 1
+    from mindcv_mnv2.ops.depthwise import aot_depthwise
 
-    class AotDepthwiseOp(nn.Cell):
-        """y = depthwise3x3(x, w) with the C++ forward and a bprop calling the C++ gradients."""
-
-        def __init__(self, stride: int):
-            super().__init__()
-            s = int(stride)
-            self.fwd = ops.Custom(f"{lib}:DwForwardS{s}",
-                                  out_shape=lambda xs, ws: [xs[0], xs[1], out_hw(xs[2], s), out_hw(xs[3], s)],
-                                  out_dtype=lambda xt, wt: xt, func_type="aot")
-            self.grad_x = ops.Custom(f"{lib}:DwGradInputS{s}", out_shape=lambda xs, ws, gs: xs,
-                                     out_dtype=lambda xt, wt, gt: xt, func_type="aot")
-            self.grad_w = ops.Custom(f"{lib}:DwGradWeightS{s}", out_shape=lambda xs, gs: [xs[1], 1, 3, 3],
-                                     out_dtype=lambda xt, gt: xt, func_type="aot")
-
-        def construct(self, x, w):
-            return self.fwd(x, w)
-
-        def bprop(self, x, w, out, dout):
-            return self.grad_x(x, w, dout), self.grad_w(x, dout)
-
-    class AotDepthwise(nn.Cell):
-        """A depthwise 3x3 conv layer (weight C x 1 x 3 x 3) backed by the AOT kernels."""
-
-        def __init__(self, channels: int, stride: int, weight):
-            super().__init__()
-            self.op = AotDepthwiseOp(stride)
-            # an existing Parameter (swap_depthwise) keeps its name and optimizer identity
-            self.weight = weight if isinstance(weight, ms.Parameter) else ms.Parameter(ms.Tensor(weight),
-                                                                                        name="weight")
-
-        def construct(self, x):
-            return self.op(x, self.weight)
+    def aot(channels: int, stride: int, weight: np.ndarray):
+        return aot_depthwise(ms.Parameter(ms.Tensor(weight), name="weight"), stride)
 
     def reference(channels: int, stride: int, weight: np.ndarray):
         conv = nn.Conv2d(channels, channels, 3, stride, pad_mode="pad", padding=1, group=channels, has_bias=False)
         conv.weight.set_data(ms.Tensor(weight))
         return conv
 
-    return AotDepthwise, reference
-
-
-def swap_depthwise(net) -> int:
-    """Replace every 3x3 depthwise nn.Conv2d (pad 1, no dilation) in ``net`` by AotDepthwise; the count.
-
-    The new cell shares the conv's weight Parameter, so names and values are unchanged.
-    """
-    from mindspore import nn
-
-    AotDepthwise, _ = make_cells(build_library())
-    swapped = 0
-    for _, parent in list(net.cells_and_names()):
-        for key, child in list(parent.name_cells().items()):
-            if not (type(child) is nn.Conv2d and child.group == child.in_channels == child.out_channels
-                    and tuple(child.kernel_size) == (3, 3) and tuple(child.dilation) == (1, 1)
-                    and child.pad_mode == "pad" and tuple(child.stride)[0] in (1, 2)):
-                continue
-            pad = child.padding if isinstance(child.padding, int) else tuple(child.padding)
-            if pad not in (1, (1, 1, 1, 1)):
-                continue
-            new = AotDepthwise(child.in_channels, int(tuple(child.stride)[0]), child.weight)
-            if isinstance(parent, nn.SequentialCell):
-                parent[int(key)] = new
-            else:
-                setattr(parent, key, new)
-            swapped += 1
-    return swapped
+    return aot, reference
 
 
 class GradStep:
@@ -185,15 +100,7 @@ def check_and_time(shape, stride: int, blocks: int, per_block: int, AotDepthwise
         out[f"{key}_max_abs_diff"] = float(np.abs(a - b).max())
         out[f"{key}_scale"] = float(np.abs(b).max())
     runners = {"aot": lambda: step_a(xt)[0].asnumpy(), "nn.Conv2d": lambda: step_r(xt)[0].asnumpy()}
-    for fn in runners.values():
-        fn()
-    times = {k: [] for k in runners}
-    for _ in range(blocks):
-        for k, fn in runners.items():
-            for _ in range(per_block):
-                t = time.perf_counter()
-                fn()
-                times[k].append(time.perf_counter() - t)
+    times = time_blocks(runners, blocks, per_block)
     for k, ts in times.items():
         out[f"{k}_ms"] = 1e3 * float(np.median(ts))
     out["speedup"] = out["nn.Conv2d_ms"] / out["aot_ms"]
@@ -205,7 +112,8 @@ def train_step_comparison(quick: bool, reps: int) -> list:
     from _common import BENCH_PY, PROJECT_PY, have_bench_venv, interleave, median, paired_ratios, run_child
 
     step = str(Path(__file__).resolve().parent / "bench_train_step.py")
-    cases = [(0.35, 32, 8, 10, 2, 0)] if quick else [(0.35, 32, 128, 10, 8, 2), (1.0, 224, 32, 1000, 4, 1)]
+    cases = [(0.35, 32, 8, 10, 2, 0)] if quick else [(0.35, 32, 128, 10, 8, 2), (0.35, 96, 32, 1000, 8, 2),
+                                                      (1.0, 224, 32, 1000, 4, 1)]
     out = []
     for width, size, batch, classes, steps, warm in cases:
         base = ["--width", str(width), "--size", str(size), "--batch", str(batch), "--num_classes", str(classes),
@@ -221,10 +129,10 @@ def train_step_comparison(quick: bool, reps: int) -> list:
             return run
 
         contenders = {"stock nn.Conv2d": job(PROJECT_PY, ["--worker", "ms"])}
-        if not quick:
-            contenders["stock + OMP_WAIT_POLICY=PASSIVE"] = job(PROJECT_PY, ["--worker", "ms"],
-                                                                {"OMP_WAIT_POLICY": "PASSIVE"})
         contenders["AOT depthwise"] = job(PROJECT_PY, ["--worker", "ms", "--aot_depthwise"])
+        if not quick:
+            contenders["AOT + OMP_WAIT_POLICY=ACTIVE"] = job(PROJECT_PY, ["--worker", "ms", "--aot_depthwise"],
+                                                             {"OMP_WAIT_POLICY": "ACTIVE"})
         if have_bench_venv() and not quick:
             contenders["torch channels_last"] = job(BENCH_PY, ["--worker", "torch", "--channels_last"])
         print(f"== TrainStep {width}@{size} batch {batch}", file=sys.stderr)
@@ -253,8 +161,10 @@ def main(argv=None) -> int:
 
     ms.set_device("CPU")
     ms.set_context(mode=ms.GRAPH_MODE, jit_config={"jit_level": "O0"})
+    from mindcv_mnv2.ops import build_library
+
     lib = build_library()
-    AotDepthwise, reference = make_cells(lib)
+    AotDepthwise, reference = make_cells()
     if args.quick:
         cases, blocks, per = [((4, 8, 10, 10), 1), ((4, 8, 9, 9), 2)], 1, 2
     else:

@@ -6,7 +6,8 @@
 For each case, in one child process: build the network (random init), save it with
 ``mindcv_mnv2.checkpoint.save_checkpoint``, export it with ``mindcv_mnv2.export.export_model``
 (ONNX, dynamic batch), then time the forward pass of the SAME weights both ways on one fixed
-batch: ``EvalNet`` (what validate.py and the trainer's validation call, graph mode, jit O0) and
+batch: ``EvalNet`` (what validate.py and the trainer's validation call, graph mode, jit O0, with
+the C++ depthwise kernel that ``depthwise_kernel: auto`` picks on CPU) and
 an onnxruntime ``InferenceSession`` (CPU provider, default graph optimisations, 2 intra-op
 threads, spinning off so its idle threads do not steal the cores from the other contender).
 Timed in interleaved blocks (MindSpore k runs, ORT k runs, repeated); medians per batch. The
@@ -57,6 +58,10 @@ def measure_case(width: float, size: int, batch: int, blocks: int, per_block: in
                     model_meta(name, {"width_mult": width, **kwargs}, None, eval_facts))
     x = np.random.default_rng(0).standard_normal((batch, 3, size, size)).astype(np.float32)
     out = {"width": width, "size": size, "batch": batch}
+    from mindcv_mnv2.ops import apply_depthwise_kernel
+
+    # as validate.py builds it on CPU (depthwise_kernel auto: the C++ kernel); the export above is native
+    out["depthwise_kernel"] = apply_depthwise_kernel(net, "auto", "CPU")
     t0 = time.perf_counter()
     eval_net = EvalNet(net)
     ms_logits = eval_net(x)
@@ -77,15 +82,9 @@ def measure_case(width: float, size: int, batch: int, blocks: int, per_block: in
         out["max_abs_diff"] = float(np.abs(ort_logits - ms_logits).max())
         out["logit_scale"] = float(np.abs(ms_logits).max())
         runners["onnxruntime"] = lambda: sess.run(None, {"image": x})
-    for fn in runners.values():  # warm-up
-        fn()
-    times = {k: [] for k in runners}
-    for _ in range(blocks):
-        for k, fn in runners.items():
-            for _ in range(per_block):
-                t = time.perf_counter()
-                fn()
-                times[k].append(time.perf_counter() - t)
+    from _common import time_blocks
+
+    times = time_blocks(runners, blocks, per_block)
     for k, ts in times.items():
         med = _median(ts)
         out[k] = {"median_ms": 1e3 * med, "img_per_s": batch / med, "n": len(ts)}

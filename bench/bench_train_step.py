@@ -33,11 +33,8 @@ def ms_worker(args: argparse.Namespace) -> dict:
     """Time the project's TrainStep in this process; returns the measurement."""
     import numpy as np
 
-    if args.aot_depthwise:
-        # libgomp (loaded by MindSpore) reads this once at load: idle OpenMP threads of the AOT kernels
-        # must sleep, not spin, or they take the 2 cores from MindSpore's own thread pool
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     t_import = time.perf_counter()
+    import mindcv_mnv2  # noqa: F401  (first: it sets OMP_WAIT_POLICY before MindSpore loads libgomp)
     import mindspore as ms
 
     from mindcv_mnv2.engine.context import setup_context
@@ -59,8 +56,8 @@ def ms_worker(args: argparse.Namespace) -> dict:
     import_s = time.perf_counter() - t_import
     net = create_model(WIDTH_NAMES[args.width], num_classes=args.num_classes)
     swapped = 0
-    if args.aot_depthwise:  # the bench/aot_depthwise prototype in place of nn.Conv2d(group=C)
-        from bench_aot_depthwise import swap_depthwise
+    if args.aot_depthwise:  # the project's C++ kernel (mindcv_mnv2.ops) in place of nn.Conv2d(group=C)
+        from mindcv_mnv2.ops import swap_depthwise
 
         swapped = swap_depthwise(net)
     loss_fn = create_loss("CE", args.num_classes, 0.1)
@@ -172,7 +169,7 @@ def main(argv=None) -> int:
     ap.add_argument("--graph_kernel", action="store_true")
     ap.add_argument("--op_threads", type=int, default=0, help="CPU kernel threads (0 = MindSpore's default)")
     ap.add_argument("--dispatch_threads", type=int, default=0, help="runtime dispatch threads (0 = default)")
-    ap.add_argument("--aot_depthwise", action="store_true", help="swap in bench/aot_depthwise's kernels")
+    ap.add_argument("--aot_depthwise", action="store_true", help="swap in mindcv_mnv2.ops's C++ depthwise kernel")
     ap.add_argument("--affinity", action="store_true", help="mindspore.runtime.set_cpu_affinity(True)")
     ap.add_argument("--torch_threads", type=int, default=0)
     ap.add_argument("--channels_last", action="store_true")

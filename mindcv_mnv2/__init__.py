@@ -3,7 +3,13 @@
 The public entry points are imported lazily so that ``mindcv_mnv2.config`` (and a config
 error) never waits for MindSpore to import.
 """
+import os
 from typing import Any
+
+# The C++ depthwise kernel (mindcv_mnv2.ops) uses OpenMP. libgomp's default spinning wait makes
+# its idle threads compete with MindSpore's own thread pool: measured ~3x slower training on 2
+# cores. The policy is read when libgomp loads, so it is set here, before MindSpore is imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0"
 

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 
+import mindcv_mnv2  # noqa: F401  (before any MindSpore import: it sets OMP_WAIT_POLICY for the C++ kernel)
+
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / ".." / "shared" / "fixtures"
 

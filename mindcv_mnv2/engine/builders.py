@@ -80,11 +80,22 @@ def model_kwargs(cfg: Config, num_classes: int) -> Dict[str, Any]:
     return kw
 
 
-def build_model(cfg: Config, num_classes: int):
-    """The network named by ``model`` (weights from ckpt_path are loaded by the trainer)."""
+def build_model(cfg: Config, num_classes: int, device_target: str):
+    """The network named by ``model`` on the recipe's depthwise kernel (weights are loaded by the caller)."""
     from ..models import create_model
 
-    return create_model(cfg.model, **model_kwargs(cfg, num_classes))
+    return with_depthwise_kernel(cfg, create_model(cfg.model, **model_kwargs(cfg, num_classes)), device_target)
+
+
+def with_depthwise_kernel(cfg: Config, net, device_target: str):
+    """``net`` with its depthwise convs on the kernel ``depthwise_kernel`` resolves to on this device."""
+    from ..ops import KernelBuildError, apply_depthwise_kernel
+
+    try:
+        apply_depthwise_kernel(net, cfg.depthwise_kernel, device_target)
+    except KernelBuildError as exc:
+        raise ConfigError(f"depthwise_kernel: {exc}") from None
+    return net
 
 
 def build_lr(cfg: Config, updates_per_epoch: int):

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..config import Config, ConfigError
 from ..distributed import DistInfo, init_distributed
+from ..ops import kernel_in_use
 from . import builders
 from .checkpointing import CheckpointKeeper, find_resume_checkpoint
 from .context import amp_level_for, setup_context
@@ -86,7 +87,7 @@ class Trainer:
                              self.steps_per_epoch % self.accum)
             self.steps_per_epoch = self.updates_per_epoch * self.accum
 
-        self.net = builders.build_model(cfg, self.num_classes)
+        self.net = builders.build_model(cfg, self.num_classes, self.device)
         self._load_initial_weights(resume_path)
         if self.amp_level != "O0":
             import mindspore as ms
@@ -233,10 +234,10 @@ class Trainer:
         """Train from start_epoch to epoch_size, validating and checkpointing as configured."""
         cfg = self.cfg
         self.log.info("training %s (%d classes) on %s, %s mode: %d images/epoch on %d device(s), batch %d x %d = %d, "
-                      "%d steps/epoch, %d epochs; run dir %s", cfg.model, self.num_classes, self.device,
+                      "%d steps/epoch, %d epochs, depthwise kernel %s; run dir %s", cfg.model, self.num_classes, self.device,
                       "graph" if cfg.mode == 0 else "PyNative", self.train_loader.num_images_total, self.dist.world,
                       cfg.batch_size, self.dist.world, cfg.batch_size * self.dist.world, self.steps_per_epoch,
-                      cfg.epoch_size, os.path.abspath(self.run_dir))
+                      cfg.epoch_size, kernel_in_use(self.net), os.path.abspath(self.run_dir))
         self._write_skipped()
         old = self._install_signal_handlers()
         summary: Dict[str, Any] = {}
@@ -313,7 +314,7 @@ class Trainer:
         if self.val_loader is None or ((epoch + 1) % cfg.val_interval and epoch + 1 != cfg.epoch_size):
             return None
         if self.eval_net is None:
-            self.eval_net = EvalNet(builders.build_model(self.cfg, self.num_classes),
+            self.eval_net = EvalNet(builders.build_model(self.cfg, self.num_classes, self.device),
                                     amp_level_for(self.device, cfg.val_amp_level))
         self.eval_net.load_from(self.step.parameters_dict(), prefix="ema." if cfg.ema else "")
         return evaluate(self.eval_net, self.val_loader, self.dist, desc="validate")

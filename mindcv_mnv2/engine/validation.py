@@ -101,6 +101,7 @@ def _load_ckpt(cfg: Config, use_ema: bool, device: str, explicit_keys: frozenset
     net = create_model(cfg.model, **kwargs)
     has_ema = any(k.startswith("ema.") for k in tensors)
     load_weights(net, tensors, strict=True, use_ema=use_ema)
+    builders.with_depthwise_kernel(cfg, net, device)
     log.info("loaded %s (%s weights, %d classes)", cfg.ckpt_path, "EMA" if use_ema and has_ema else "raw",
              num_classes)
     forward = EvalNet(net, amp_level_for(device, cfg.val_amp_level))

@@ -3,7 +3,9 @@
 // Signature documented for ops.Custom(func_type="aot"):
 //   int Name(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
 //            void *stream, void *extra)
-// params = inputs then outputs. Build: g++ -O3 -march=native -fopenmp -shared -fPIC depthwise.cc
+// params = inputs then outputs. Built at run time by mindcv_mnv2/ops/depthwise.py
+// (g++ -O3 -march=native -fopenmp -shared -fPIC). Each output element is computed by one thread in
+// a fixed order, so results are deterministic (data-parallel ranks stay bit-identical).
 #include <cstdint>
 #include <cstring>
 #include <vector>
@@ -125,6 +127,13 @@ void grad_weight(const float *x, const float *dy, float *dw, int64_t n, int64_t 
 
 inline int64_t out_size(int64_t in, int s) { return (in + 2 - 3) / s + 1; }
 
+// Non-zero (an error MindSpore reports) unless every tensor is float32: the kernels read raw floats.
+inline int check_f32(int nparam, const char **dtypes) {
+  for (int i = 0; i < nparam; ++i)
+    if (std::strcmp(dtypes[i], "float32") != 0) return 2;
+  return 0;
+}
+
 }  // namespace
 
 extern "C" {
@@ -134,6 +143,7 @@ extern "C" {
   int NAME(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *stream,        \
            void *extra) {                                                                                    \
     if (nparam != 3 || ndims[0] != 4) return 1;                                                              \
+    if (check_f32(nparam, dtypes)) return 2;                                                              \
     const int64_t *xs = shapes[0];                                                                           \
     forward<S>(static_cast<float *>(params[0]), static_cast<float *>(params[1]), static_cast<float *>(params[2]), \
                xs[0], xs[1], xs[2], xs[3], out_size(xs[2], S), out_size(xs[3], S));                          \
@@ -144,6 +154,7 @@ extern "C" {
   int NAME(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *stream,        \
            void *extra) {                                                                                    \
     if (nparam != 4) return 1;                                                                               \
+    if (check_f32(nparam, dtypes)) return 2;                                                                               \
     const int64_t *xs = shapes[0];                                                                           \
     grad_input<S>(static_cast<float *>(params[2]), static_cast<float *>(params[1]),                          \
                   static_cast<float *>(params[3]), xs[0], xs[1], xs[2], xs[3], shapes[2][2], shapes[2][3]);  \
@@ -154,6 +165,7 @@ extern "C" {
   int NAME(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *stream,        \
            void *extra) {                                                                                    \
     if (nparam != 3) return 1;                                                                               \
+    if (check_f32(nparam, dtypes)) return 2;                                                                               \
     const int64_t *xs = shapes[0];                                                                           \
     grad_weight<S>(static_cast<float *>(params[0]), static_cast<float *>(params[1]),                         \
                    static_cast<float *>(params[2]), xs[0], xs[1], xs[2], xs[3], shapes[1][2], shapes[1][3]); \
