@@ -14,8 +14,8 @@ from mindcv_mnv2.ops.depthwise import aot_depthwise  # noqa: E402
 pytestmark = pytest.mark.usefixtures("ms_cpu")
 
 
-def _conv(c: int, stride: int, weight: np.ndarray) -> nn.Conv2d:
-    conv = nn.Conv2d(c, c, 3, stride, pad_mode="pad", padding=1, group=c, has_bias=False)
+def _conv(c: int, stride: int, weight: np.ndarray, dilation: int = 1) -> nn.Conv2d:
+    conv = nn.Conv2d(c, c, 3, stride, pad_mode="pad", padding=dilation, dilation=dilation, group=c, has_bias=False)
     conv.weight.set_data(ms.Tensor(weight))
     return conv
 
@@ -32,17 +32,18 @@ def _grads(layer, x: np.ndarray, r: np.ndarray):
     return layer(xt).asnumpy(), gx.asnumpy(), gw.asnumpy()
 
 
-@pytest.mark.parametrize("shape,stride", [((2, 3, 8, 8), 1), ((2, 3, 8, 8), 2), ((3, 5, 7, 9), 1),
-                                          ((3, 5, 7, 9), 2), ((1, 4, 1, 1), 1), ((2, 4, 2, 2), 2),
-                                          ((2, 2, 1, 5), 2)])
-def test_forward_and_gradients_match_conv2d(pynative, shape, stride):
+@pytest.mark.parametrize("shape,stride,dilation", [
+    ((2, 3, 8, 8), 1, 1), ((2, 3, 8, 8), 2, 1), ((3, 5, 7, 9), 1, 1), ((3, 5, 7, 9), 2, 1), ((1, 4, 1, 1), 1, 1),
+    ((2, 4, 2, 2), 2, 1), ((2, 2, 1, 5), 2, 1), ((2, 3, 6, 7), 1, 2), ((2, 3, 2, 2), 1, 2), ((2, 3, 9, 5), 1, 4),
+    ((1, 2, 3, 3), 1, 4)])
+def test_forward_and_gradients_match_conv2d(pynative, shape, stride, dilation):
     """Output, input gradient and weight gradient equal nn.Conv2d(group=C) to float rounding (odd sizes too)."""
-    rng = np.random.default_rng(sum(shape) + stride)
+    rng = np.random.default_rng(sum(shape) + stride + 10 * dilation)
     n, c, h, w = shape
     x = rng.standard_normal(shape).astype(np.float32)
     weight = rng.standard_normal((c, 1, 3, 3)).astype(np.float32)
-    ref = _conv(c, stride, weight)
-    fast = aot_depthwise(ms.Parameter(ms.Tensor(weight), name="weight"), stride)
+    ref = _conv(c, stride, weight, dilation)
+    fast = aot_depthwise(ms.Parameter(ms.Tensor(weight), name="weight"), stride, dilation)
     y_ref = ref(ms.Tensor(x)).asnumpy()
     r = rng.standard_normal(y_ref.shape).astype(np.float32)
     for got, want, what in zip(_grads(fast, x, r), _grads(ref, x, r), ("output", "grad input", "grad weight")):
@@ -71,14 +72,23 @@ def test_swap_keeps_names_and_outputs(pynative):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
 
 
-def test_only_symmetric_undilated_convs_are_swapped(pynative):
-    """tf_same's strided convs (asymmetric padding) and dilated convs keep MindSpore's kernel."""
+def test_tf_same_strided_convs_keep_native_and_dilated_ones_are_swapped(pynative):
+    """tf_same's strided convs (asymmetric padding) keep MindSpore's kernel; output_stride 8/16 is covered."""
     tf = create_model("mobilenet_v2_035", num_classes=10, padding="tf_same")
     assert swap_depthwise(tf) == 13  # 17 depthwise convs, 4 of them strided
-    os8 = create_model("mobilenet_v2_035", num_classes=10, output_stride=8)
-    dilated = sum(1 for _, c in os8.cells_and_names()
-                  if isinstance(c, nn.Conv2d) and c.group > 1 and tuple(c.dilation) != (1, 1))
-    assert dilated > 0 and swap_depthwise(os8) == 17 - dilated
+    x = ms.Tensor(np.random.default_rng(2).standard_normal((2, 3, 32, 32)).astype(np.float32))
+    for os_ in (8, 16):
+        net = create_model("mobilenet_v2_035", num_classes=10, output_stride=os_)
+        net.set_train(False)
+        dilations = {tuple(c.dilation)[0] for _, c in net.cells_and_names()
+                     if isinstance(c, nn.Conv2d) and c.group > 1}
+        assert dilations == ({1, 2, 4} if os_ == 8 else {1, 2})
+        want = net.forward_features(x).asnumpy()
+        assert swap_depthwise(net) == 17
+        np.testing.assert_allclose(net.forward_features(x).asnumpy(), want, rtol=1e-4,
+                                   atol=1e-5 * np.abs(want).max())
+    with pytest.raises(ValueError, match="no stride 2 / dilation 2 variant"):
+        aot_depthwise(None, 2, 2)  # checked before the weight is used
 
 
 class _LossAndGrads(nn.Cell):

@@ -2,9 +2,9 @@
 
 On CPU, MindSpore 2.10's grouped nn.Conv2d runs depthwise 3x3 at ~1 GFLOP/s and dominates
 MobileNetV2's step time. ``depthwise.cc`` (forward, input gradient, weight gradient; NCHW
-float32, padding 1, stride 1 or 2) is compiled once per machine with g++ into a cache directory
-and called through ``ops.Custom(func_type="aot")``; :class:`AotDepthwise` has a ``bprop`` so it
-trains in graph and PyNative mode. :func:`swap_depthwise` replaces the eligible convs of a built
+float32; stride 1 or 2, or dilation 2 or 4 for output_stride 16 / 8) is compiled once per
+machine with g++ into a cache directory and called through ``ops.Custom(func_type="aot")``;
+:class:`AotDepthwise` has a ``bprop`` so it trains in graph and PyNative mode. :func:`swap_depthwise` replaces the eligible convs of a built
 network in place, keeping each weight Parameter (same names, values and optimizer state), so
 checkpoints are interchangeable with the native kernel. Results agree with nn.Conv2d to float
 rounding (tests/test_fast_depthwise.py). Ascend and GPU keep their native kernels.
@@ -118,7 +118,7 @@ def resolve_kernel(choice: str, device_target: str) -> Tuple[str, Optional[str]]
 
 
 def _out_hw(n: int, stride: int) -> int:
-    return (n + 2 - 3) // stride + 1
+    return (n - 1) // stride + 1  # padding = dilation: ceil(n / stride) for every supported dilation
 
 
 @lru_cache(maxsize=None)
@@ -132,15 +132,15 @@ def _cell_classes():
     class AotDepthwiseOp(nn.Cell):
         """y = depthwise3x3(x, w): C++ forward; bprop calls the C++ input and weight gradients."""
 
-        def __init__(self, stride: int) -> None:
+        def __init__(self, stride: int, dilation: int) -> None:
             super().__init__()
-            s = int(stride)
-            self.fwd = ops.Custom(f"{lib}:DwForwardS{s}",
+            s, tag = int(stride), f"S{int(stride)}_D{int(dilation)}"
+            self.fwd = ops.Custom(f"{lib}:DwForward{tag}",
                                   out_shape=lambda xs, ws: [xs[0], xs[1], _out_hw(xs[2], s), _out_hw(xs[3], s)],
                                   out_dtype=lambda xt, wt: xt, func_type="aot")
-            self.grad_x = ops.Custom(f"{lib}:DwGradInputS{s}", out_shape=lambda xs, ws, gs: xs,
+            self.grad_x = ops.Custom(f"{lib}:DwGradInput{tag}", out_shape=lambda xs, ws, gs: xs,
                                      out_dtype=lambda xt, wt, gt: xt, func_type="aot")
-            self.grad_w = ops.Custom(f"{lib}:DwGradWeightS{s}", out_shape=lambda xs, gs: [xs[1], 1, 3, 3],
+            self.grad_w = ops.Custom(f"{lib}:DwGradWeight{tag}", out_shape=lambda xs, gs: [xs[1], 1, 3, 3],
                                      out_dtype=lambda xt, gt: xt, func_type="aot")
 
         def construct(self, x, w):
@@ -150,13 +150,13 @@ def _cell_classes():
             return self.grad_x(x, w, dout), self.grad_w(x, dout)
 
     class AotDepthwise(nn.Cell):
-        """Depthwise 3x3 layer (weight C x 1 x 3 x 3, padding 1, no bias) on the C++ kernels."""
+        """Depthwise 3x3 layer (weight C x 1 x 3 x 3, padding = dilation, no bias) on the C++ kernels."""
 
-        def __init__(self, weight: ms.Parameter, stride: int) -> None:
+        def __init__(self, weight: ms.Parameter, stride: int, dilation: int = 1) -> None:
             super().__init__()
-            self.op = AotDepthwiseOp(stride)
+            self.op = AotDepthwiseOp(stride, dilation)
             self.weight = weight  # the replaced conv's Parameter: same name, value and optimizer slot
-            self.stride = int(stride)
+            self.stride, self.dilation = int(stride), int(dilation)
 
         def construct(self, x):
             return self.op(x, self.weight)
@@ -164,9 +164,16 @@ def _cell_classes():
     return AotDepthwiseOp, AotDepthwise
 
 
-def aot_depthwise(weight, stride: int):
-    """An AotDepthwise cell using ``weight`` (a C x 1 x 3 x 3 Parameter)."""
-    return _cell_classes()[1](weight, stride)
+# (stride, dilation) pairs compiled in depthwise.cc
+SUPPORTED = ((1, 1), (2, 1), (1, 2), (1, 4))
+
+
+def aot_depthwise(weight, stride: int, dilation: int = 1):
+    """An AotDepthwise cell using ``weight`` (a C x 1 x 3 x 3 Parameter); padding equals ``dilation``."""
+    if (int(stride), int(dilation)) not in SUPPORTED:
+        raise ValueError(f"the C++ depthwise kernel has no stride {stride} / dilation {dilation} variant "
+                         f"(supported: {SUPPORTED})")
+    return _cell_classes()[1](weight, stride, dilation)
 
 
 def _eligible(conv) -> bool:
@@ -174,10 +181,13 @@ def _eligible(conv) -> bool:
 
     if type(conv) is not nn.Conv2d:  # TFSameConv2d (asymmetric padding) and others keep their kernel
         return False
+    stride, dilation = tuple(conv.stride), tuple(conv.dilation)
+    if stride[0] != stride[1] or dilation[0] != dilation[1] or (stride[0], dilation[0]) not in SUPPORTED:
+        return False
+    d = dilation[0]
     pad = conv.padding if isinstance(conv.padding, int) else tuple(conv.padding)
     return (conv.group == conv.in_channels == conv.out_channels and tuple(conv.kernel_size) == (3, 3)
-            and tuple(conv.dilation) == (1, 1) and conv.pad_mode == "pad" and pad in (1, (1, 1, 1, 1))
-            and tuple(conv.stride) in ((1, 1), (2, 2)) and not conv.has_bias)
+            and conv.pad_mode == "pad" and pad in (d, (d, d, d, d)) and not conv.has_bias)
 
 
 def swap_depthwise(net) -> int:
@@ -189,7 +199,7 @@ def swap_depthwise(net) -> int:
         for key, child in list(parent.name_cells().items()):
             if not _eligible(child):
                 continue
-            new = aot_depthwise(child.weight, int(tuple(child.stride)[0]))
+            new = aot_depthwise(child.weight, int(tuple(child.stride)[0]), int(tuple(child.dilation)[0]))
             if isinstance(parent, nn.SequentialCell):
                 parent[int(key)] = new
             else:
