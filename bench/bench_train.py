@@ -27,6 +27,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
+from typing import Optional, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -49,7 +50,7 @@ def cases(quick: bool):
     fm = fashion_folder()
     if fm is not None:
         out.append(("fashion_mnist_0.35@32_bs128", "configs/mobilenet_v2_0.35_fashion_mnist_cpu.yaml", str(fm),
-                    {**cpu, "num_samples": 128 * 12}))
+                    {**cpu, "num_samples": 128 * 12, "output_stride": 32}))  # MindCV has no output_stride
     else:
         print("data/fashion_mnist missing (python -m mindcv_mnv2.tools.prepare_fashion_mnist): case skipped",
               file=sys.stderr)
@@ -66,15 +67,17 @@ def _cli_value(v) -> str:
     return " ".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
 
 
-def project_run(recipe: str, data_dir: str, overrides: dict, scratch: Path):
-    """A callable: one train.py run in a fresh run dir; its throughput from metrics.jsonl."""
+def project_run(recipe: str, data_dir: str, overrides: dict, scratch: Path, launcher: Sequence[str] = (),
+                env: Optional[dict] = None):
+    """A callable: one train.py run (under ``launcher``, e.g. mpirun) in a fresh run dir; metrics.jsonl's numbers."""
     def run():
         run_dir = Path(tempfile.mkdtemp(prefix="train_", dir=scratch))
         shutil.rmtree(run_dir)
-        args = [PROJECT_PY, "train.py", "-c", recipe, "--data_dir", data_dir, "--ckpt_save_dir", str(run_dir)]
+        args = [*launcher, PROJECT_PY, "train.py", "-c", recipe, "--data_dir", data_dir, "--ckpt_save_dir",
+                str(run_dir)]
         for k, v in overrides.items():
             args += [f"--{k}", *_cli_value(v).split()]
-        r = run_child(args, log=scratch / "last_project.log")
+        r = run_child(args, log=scratch / "last_project.log", env=env)
         res = {"exit": r["exit"], "peak_rss_mib": r["peak_rss_mib"], "process_s": r["wall_s"],
                "load_before": r["load_before"], "load_after": r["load_after"], "img_per_s": float("nan")}
         metrics = run_dir / "metrics.jsonl"
@@ -99,7 +102,7 @@ def mindcv_run(recipe: str, data_dir: str, overrides: dict, scratch: Path, sink=
     """A callable: one MindCV 0.3.0 pipeline run (bench/.venv); sink None = the recipe's dataset_sink_mode."""
     def run():
         ov = {k: v for k, v in overrides.items() if k not in ("device_target", "distribute", "val_while_train",
-                                                              "log_interval")}
+                                                              "log_interval", "output_stride")}
         if sink is not None:
             ov["dataset_sink_mode"] = sink
         items = [f"{k}={json.dumps(v)}" for k, v in ov.items()]

@@ -151,3 +151,14 @@ def test_settings_quick():
     data = _quick("bench_settings.py")
     assert _positive(data["summary"]["default (graph, O0)"]["img_per_s"])
     assert data["runs"]["default (graph, O0)"][0]["exit"] == 0
+
+
+def test_distributed_quick():
+    """mpirun -n 2 and one process both train the demo recipe; global throughput recorded for both."""
+    import _common
+
+    if _common.fashion_folder() is None:
+        pytest.skip("data/fashion_mnist not prepared (python -m mindcv_mnv2.tools.prepare_fashion_mnist)")
+    data = _quick("bench_distributed.py", timeout=400)
+    for launch in ("1 process", "mpirun -n 2"):
+        assert data["summary"][launch]["exits"] == [0] and _positive(data["summary"][launch]["img_per_s"]), launch
