@@ -165,5 +165,11 @@ def test_build_is_cached_and_a_missing_compiler_is_explained(tmp_path, monkeypat
         assert kernel == "native" and "no C++ compiler" in why
         with pytest.raises(KernelBuildError, match=r"apt-get install g\+\+.*depthwise_kernel: native"):
             resolve_kernel("aot", "CPU")
+        monkeypatch.delenv("CXX")
+        (tmp_path / "a_file").write_text("")
+        monkeypatch.setenv("MINDCV_MNV2_CACHE", str(tmp_path / "a_file" / "cache"))  # cannot be created
+        build_library.cache_clear()
+        with pytest.raises(KernelBuildError, match="cannot write the kernel cache .*MINDCV_MNV2_CACHE"):
+            resolve_kernel("aot", "CPU")
     finally:
         build_library.cache_clear()
