@@ -52,13 +52,18 @@ def tiny_imagefolder(tmp_path_factory) -> Path:
     return build_tiny_imagefolder(tmp_path_factory.mktemp("tiny_imagefolder"))
 
 
-@pytest.fixture(scope="session")
-def fashion_mnist_tiny(tmp_path_factory) -> Path:
-    """Fashion-MNIST as an ImageFolder: 200 train / 100 val RGB 32 px PNGs (read-only use)."""
+def fashion_mnist_subset(tmp_path_factory, tag: str, train: int, val: int) -> Path:
+    """A fresh Fashion-MNIST ImageFolder (RGB 32 px PNGs) of the first ``train`` / ``val`` images, or skip."""
     if not os.path.isfile(os.path.join(FASHION_MNIST_SOURCE, "train-images-idx3-ubyte.gz")):
         pytest.skip(f"Fashion-MNIST IDX files not in {FASHION_MNIST_SOURCE} (apt-get install dataset-fashion-mnist)")
     from mindcv_mnv2.tools.prepare_fashion_mnist import prepare_fashion_mnist
 
-    out = tmp_path_factory.mktemp("fashion_mnist") / "fm"
-    prepare_fashion_mnist(str(out), limit_train=200, limit_val=100, workers=1)
+    out = tmp_path_factory.mktemp(tag) / "fm"
+    prepare_fashion_mnist(str(out), limit_train=train, limit_val=val, workers=1)
     return out
+
+
+@pytest.fixture(scope="session")
+def fashion_mnist_tiny(tmp_path_factory) -> Path:
+    """Fashion-MNIST as an ImageFolder: 200 train / 100 val RGB 32 px PNGs (read-only use)."""
+    return fashion_mnist_subset(tmp_path_factory, "fashion_mnist", 200, 100)

@@ -20,7 +20,7 @@ import yaml
 
 from mindcv_mnv2.distributed import DistInfo, DistributedError, detect_launcher, init_distributed
 
-from ._data_fixtures import FASHION_MNIST_SOURCE
+from ._data_fixtures import fashion_mnist_subset
 
 ROOT = Path(__file__).resolve().parents[1]
 MPIRUN = Path(sys.executable).parent / "mpirun"
@@ -57,13 +57,7 @@ def mpi():
 @pytest.fixture(scope="module")
 def fm_data(tmp_path_factory):
     """320 train / 101 val Fashion-MNIST PNGs (an odd val count: uneven evaluation shards)."""
-    if not os.path.isfile(os.path.join(FASHION_MNIST_SOURCE, "train-images-idx3-ubyte.gz")):
-        pytest.skip(f"Fashion-MNIST IDX files not in {FASHION_MNIST_SOURCE} (apt-get install dataset-fashion-mnist)")
-    from mindcv_mnv2.tools.prepare_fashion_mnist import prepare_fashion_mnist
-
-    out = tmp_path_factory.mktemp("fm_dist") / "fm"
-    prepare_fashion_mnist(str(out), limit_train=TRAIN_IMAGES, limit_val=VAL_IMAGES, workers=1)
-    return out
+    return fashion_mnist_subset(tmp_path_factory, "fm_dist", TRAIN_IMAGES, VAL_IMAGES)
 
 
 def _recipe(path: Path, data_dir: Path, run_dir: Path, **over) -> Path:

@@ -13,7 +13,7 @@ import pytest
 from mindcv_mnv2.config import load_config
 from mindcv_mnv2.models.registry import model_defaults
 
-from ._data_fixtures import FASHION_MNIST_SOURCE, tiny_imagefolder  # noqa: F401  (fixtures)
+from ._data_fixtures import fashion_mnist_subset, tiny_imagefolder  # noqa: F401  (fixtures)
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_IMAGES, VAL_IMAGES, BATCH = 640, 200, 32
@@ -23,13 +23,7 @@ STEPS = TRAIN_IMAGES // BATCH  # 20 steps per epoch
 @pytest.fixture(scope="module")
 def fashion_mnist_tiny(tmp_path_factory):
     """640 train / 200 val real Fashion-MNIST images: enough steps for the loss to move."""
-    if not os.path.isfile(os.path.join(FASHION_MNIST_SOURCE, "train-images-idx3-ubyte.gz")):
-        pytest.skip(f"Fashion-MNIST IDX files not in {FASHION_MNIST_SOURCE} (apt-get install dataset-fashion-mnist)")
-    from mindcv_mnv2.tools.prepare_fashion_mnist import prepare_fashion_mnist
-
-    out = tmp_path_factory.mktemp("fm_engine") / "fm"
-    prepare_fashion_mnist(str(out), limit_train=TRAIN_IMAGES, limit_val=VAL_IMAGES, workers=1)
-    return out
+    return fashion_mnist_subset(tmp_path_factory, "fm_engine", TRAIN_IMAGES, VAL_IMAGES)
 
 
 def make_cfg(data_dir, run_dir, **over):
