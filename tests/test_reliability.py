@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ._data_fixtures import FASHION_MNIST_SOURCE, ai_benchmark_photos, build_tiny_imagefolder
+from ._data_fixtures import ai_benchmark_photos, build_tiny_imagefolder, fashion_mnist_subset
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = [sys.executable, str(ROOT / "train.py")]
@@ -31,13 +31,7 @@ FAST = ["--model", "mobilenet_v2_035", "--device_target", "CPU", "--image_resize
 @pytest.fixture(scope="module")
 def fm(tmp_path_factory):
     """320 train / 64 val real Fashion-MNIST images (20 steps of 16 per epoch)."""
-    if not os.path.isfile(os.path.join(FASHION_MNIST_SOURCE, "train-images-idx3-ubyte.gz")):
-        pytest.skip(f"Fashion-MNIST IDX files not in {FASHION_MNIST_SOURCE} (apt-get install dataset-fashion-mnist)")
-    from mindcv_mnv2.tools.prepare_fashion_mnist import prepare_fashion_mnist
-
-    out = tmp_path_factory.mktemp("fm_rel") / "fm"
-    prepare_fashion_mnist(str(out), limit_train=320, limit_val=64, workers=1)
-    return out
+    return fashion_mnist_subset(tmp_path_factory, "fm_rel", 320, 64)
 
 
 def run_cli(prog, argv, capsys):
@@ -117,6 +111,23 @@ def test_bad_recipe_for_the_data(extra, needle, fm, tmp_path, capsys):
     status, err = run_cli("train.py", FAST + ["--data_dir", str(fm), "--ckpt_save_dir", str(tmp_path / "r")] + extra,
                           capsys)
     assert status == 2 and needle in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_fast_kernel_that_cannot_be_built(fm, tmp_path, capsys, monkeypatch):
+    """depthwise_kernel: aot without a C++ compiler: one line naming the fix, no checkpoint written."""
+    from mindcv_mnv2.ops import build_library
+
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-g++"))
+    monkeypatch.setenv("MINDCV_MNV2_CACHE", str(tmp_path / "empty_cache"))
+    build_library.cache_clear()
+    try:
+        status, err = run_cli("train.py", FAST + ["--data_dir", str(fm), "--ckpt_save_dir", str(tmp_path / "r"),
+                                                   "--depthwise_kernel", "aot"], capsys)
+    finally:
+        build_library.cache_clear()
+    assert status == 2 and err.startswith("train.py: error: depthwise_kernel: no C++ compiler"), err
+    assert "apt-get install g++" in err and len(err.strip().splitlines()) == 1, err
+    assert not any((tmp_path / "r").glob("*.ckpt"))
 
 
 def test_unwritable_run_dir(fm, tmp_path, capsys):

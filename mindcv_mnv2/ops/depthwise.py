@@ -85,7 +85,11 @@ def build_library() -> Path:
                                f"to a writable directory, or set depthwise_kernel: native") from None
     cmd = [cxx, "-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", str(SOURCE), "-o", tmp]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        except (OSError, subprocess.SubprocessError) as exc:  # e.g. a compiler that hangs past the timeout
+            raise KernelBuildError(f"building the fast depthwise kernel failed ({exc}); set depthwise_kernel: "
+                                   f"native to skip it") from None
         if proc.returncode != 0:
             raise KernelBuildError(f"building the fast depthwise kernel failed ({' '.join(cmd)}):\n"
                                    f"{proc.stderr.strip()[-1500:]}\nset depthwise_kernel: native to skip it")
