@@ -5,9 +5,11 @@ Usage::
     python -m mindcv_mnv2.predict --ckpt_path X.ckpt img1.jpg photos/ ... [--top_k 5]
         [--labels FILE] [--batch_size 32] [--json]
 
-Preprocessing follows the checkpoint's eval facts, as validation does: decode to RGB, resize the
-shorter side to ``int(image_size / crop_pct)``, center-crop ``image_size``, normalize with
-``mean``/``std`` on 0-255 pixels. Like the validation pipeline, EXIF orientation is not applied.
+Preprocessing is validation's, with the checkpoint's eval facts: decode to RGB, resize the shorter
+side to ``int(image_size / crop_pct)``, center-crop ``image_size`` (or TF-slim's central crop when
+the checkpoint says ``inception_crop``), normalize with ``mean``/``std`` on 0-255 pixels, through
+the same C++ ops, so a file gives the same tensor here as in validate.py. Like the validation
+pipeline, EXIF orientation is not applied.
 Class names come from ``--labels``, else the checkpoint meta, else ``class_<i>``.
 
 Exit codes: 0 all images classified, 1 some files failed (each reported, the rest classified),
@@ -127,51 +129,40 @@ def _to_rgb(img: Any) -> Any:
     return img.convert("RGB")
 
 
-_RESAMPLE = {"bilinear": "BILINEAR", "bicubic": "BICUBIC", "nearest": "NEAREST", "area": "BOX",
-             "box": "BOX", "lanczos": "LANCZOS", "hamming": "HAMMING"}
+def eval_transforms(eval_facts: Mapping[str, Any]) -> List[Any]:
+    """Validation's transforms after decoding, for a checkpoint's eval facts (RGB uint8 HWC in)."""
+    from .data import create_transforms
+
+    return create_transforms(False, int(eval_facts["image_size"]), crop_pct=eval_facts.get("crop_pct"),
+                             interpolation=eval_facts.get("interpolation"), mean=eval_facts.get("mean"),
+                             std=eval_facts.get("std"), inception_crop=bool(eval_facts.get("inception_crop")),
+                             decode=False)
 
 
-def preprocess(path: str, eval_facts: Mapping[str, Any]) -> np.ndarray:
-    """One image file -> normalized CHW float32 array (resize shorter side, center crop)."""
+def preprocess(path: str, eval_facts: Mapping[str, Any], transforms: Optional[List[Any]] = None) -> np.ndarray:
+    """One image file -> the normalized CHW float32 array validation computes for it.
+
+    PIL decodes (it reads every mode: CMYK, 16-bit, palette ...; for 8-bit RGB JPEG/PNG its pixels
+    equal MindSpore's Decode bit for bit), then validation's own C++ ops resize, crop and normalize.
+    """
     from PIL import Image
 
-    size = int(eval_facts["image_size"])
-    crop_pct = float(eval_facts.get("crop_pct", 0.875))
-    interp = str(eval_facts.get("interpolation", "bilinear")).lower()
-    resample = getattr(Image.Resampling, _RESAMPLE.get(interp, "BILINEAR"))
     with Image.open(path) as img:
-        img = _to_rgb(img)
-    w, h = img.size
-    short = int(size / crop_pct)
-    # shorter side -> `short`, aspect ratio kept (as the validation Resize(int) does)
-    new_w, new_h = (short, max(1, int(h * short / w))) if w <= h else (max(1, int(w * short / h)), short)
-    img = img.resize((new_w, new_h), resample)
-    arr = np.asarray(img, dtype=np.float32)
-    arr = _center_crop(arr, size)
-    mean = np.asarray(eval_facts.get("mean", (0.0, 0.0, 0.0)), np.float32)
-    std = np.asarray(eval_facts.get("std", (1.0, 1.0, 1.0)), np.float32)
-    return np.ascontiguousarray(((arr - mean) / std).transpose(2, 0, 1))
+        rgb = np.asarray(_to_rgb(img), dtype=np.uint8)
+    for op in transforms if transforms is not None else eval_transforms(eval_facts):
+        rgb = op(rgb)
+    return np.ascontiguousarray(rgb, dtype=np.float32)
 
 
-def _center_crop(arr: np.ndarray, size: int) -> np.ndarray:
-    h, w = arr.shape[:2]
-    if h < size or w < size:  # crop_pct > 1: zero-pad to the crop size first, centred
-        ph, pw = max(size - h, 0), max(size - w, 0)
-        arr = np.pad(arr, ((ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0)))
-        h, w = arr.shape[:2]
-    top = int(round((h - size) / 2.0))
-    left = int(round((w - size) / 2.0))
-    return arr[top:top + size, left:left + size]
-
-
-def _load_one(path: str, facts: Mapping[str, Any]) -> Tuple[Optional[np.ndarray], Optional[str]]:
+def _load_one(path: str, facts: Mapping[str, Any], transforms: List[Any]
+              ) -> Tuple[Optional[np.ndarray], Optional[str]]:
     from PIL import UnidentifiedImageError
 
     try:
-        return preprocess(path, facts), None
+        return preprocess(path, facts, transforms), None
     except UnidentifiedImageError:
         return None, "not an image file (PIL cannot identify it)"
-    except (OSError, ValueError, SyntaxError) as exc:  # truncated/corrupt files raise these
+    except (OSError, ValueError, SyntaxError, RuntimeError) as exc:  # truncated/corrupt files raise these
         return None, f"unreadable image ({exc})"
 
 
@@ -214,6 +205,7 @@ def predict(ckpt_path: str, paths: Sequence[str], top_k: int = 5,
     if not facts.get("image_size"):
         raise PredictError(f"{ckpt_path} records no eval image size; it cannot say how to preprocess")
     k = min(top_k, len(names))
+    transforms = eval_transforms(facts)
     results: List[Dict[str, Any]] = []
     pending: List[Tuple[int, np.ndarray]] = []  # (index into results, preprocessed image)
 
@@ -226,7 +218,7 @@ def predict(ckpt_path: str, paths: Sequence[str], top_k: int = 5,
     for path, err in entries:
         arr = None
         if err is None:
-            arr, err = _load_one(path, facts)
+            arr, err = _load_one(path, facts, transforms)
         results.append({"path": path, "error": err} if err else {"path": path})
         if arr is not None:
             pending.append((len(results) - 1, arr))

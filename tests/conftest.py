@@ -1,4 +1,4 @@
-"""Shared pytest fixtures: MindSpore on CPU, execution-mode switches, paths to ../shared fixtures."""
+"""Shared pytest fixtures: MindSpore on CPU, execution-mode switches, the reference fixtures in tests/fixtures."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,17 +6,19 @@ from pathlib import Path
 import pytest
 
 import mindcv_mnv2  # noqa: F401  (before any MindSpore import: it sets OMP_WAIT_POLICY for the C++ kernel)
+import mindspore  # noqa: E402
+
+# Pin the device before any test runs a kernel: MindSpore refuses set_device once its runtime started.
+mindspore.set_device("CPU")
 
 ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = ROOT / ".." / "shared" / "fixtures"
+FIXTURES = ROOT / "tests" / "fixtures"  # provenance: tests/fixtures/README.md
 
 
 @pytest.fixture(scope="session")
 def ms_cpu():
     """MindSpore imported and pinned to the CPU backend."""
-    import mindspore as ms
-    ms.set_device("CPU")
-    return ms
+    return mindspore
 
 
 def _mode(ms, mode):
@@ -42,17 +44,9 @@ def graph(ms_cpu):
 
 
 @pytest.fixture(scope="session")
-def shared_fixtures() -> Path:
-    """../shared/fixtures; tests using it skip when the shared directory is absent."""
-    if not FIXTURES.is_dir():
-        pytest.skip(f"shared fixtures not found at {FIXTURES.resolve()} (../shared is absent)")
-    return FIXTURES
-
-
-@pytest.fixture(scope="session")
-def mindcv_fixtures(shared_fixtures: Path) -> Path:
-    """../shared/fixtures/mindcv (MindCV parameter lists and the width-0.35 checkpoint)."""
-    return shared_fixtures / "mindcv"
+def mindcv_fixtures() -> Path:
+    """tests/fixtures/mindcv: MindCV's parameter lists and a width-0.35 checkpoint made by MindCV."""
+    return FIXTURES / "mindcv"
 
 
 # ---- data fixtures (maintained with the data pipeline; defined in tests/_data_fixtures.py) ----

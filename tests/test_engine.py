@@ -16,26 +16,40 @@ from mindcv_mnv2.models.registry import model_defaults
 from ._data_fixtures import fashion_mnist_subset, tiny_imagefolder  # noqa: F401  (fixtures)
 
 ROOT = Path(__file__).resolve().parents[1]
-TRAIN_IMAGES, VAL_IMAGES, BATCH = 640, 200, 32
-STEPS = TRAIN_IMAGES // BATCH  # 20 steps per epoch
+TRAIN_IMAGES, VAL_IMAGES, BATCH = 2000, 500, 64
+STEPS = TRAIN_IMAGES // BATCH  # 31 steps per epoch
 
 
 @pytest.fixture(scope="module")
 def fashion_mnist_tiny(tmp_path_factory):
-    """640 train / 200 val real Fashion-MNIST images: enough steps for the loss to move."""
+    """2000 train / 500 val real Fashion-MNIST images: enough for the recipe below to learn every time."""
     return fashion_mnist_subset(tmp_path_factory, "fm_engine", TRAIN_IMAGES, VAL_IMAGES)
 
 
 def make_cfg(data_dir, run_dir, **over):
-    """A tiny deterministic recipe: no random augmentation or dropout, so runs are repeatable."""
+    """A small deterministic recipe that learns reliably: no random augmentation or dropout.
+
+    Chosen by measurement (5 seeds x ONEDNN_MAX_CPU_ISA unset/AVX2/SSE41, two epochs): epoch-2 mean
+    loss 0.48-0.56x epoch 1's, final top-1 40.6-57.8%. Stride 16 keeps 2x2 maps at 32 px (stride 32
+    leaves 1x1 maps, and 640 images at lr 0.05 without warm-up trained above chance-level loss on
+    AVX-512). lr 0 gives a ratio of 1.00 and 10.2% top-1 (chance), so the bounds below tell them apart.
+    """
     base = dict(model="mobilenet_v2_035", device_target="CPU", data_dir=str(data_dir), ckpt_save_dir=str(run_dir),
                 image_resize=32, batch_size=BATCH, epoch_size=2, num_parallel_workers=2, scale=(1.0, 1.0),
                 ratio=(1.0, 1.0), hflip=0.0, color_jitter=0.0, drop_rate=0.0, opt="momentum", lr=0.05,
-                warmup_epochs=0, scheduler="cosine_decay", decay_epochs=2, min_lr=0.0, weight_decay=1e-4,
+                warmup_epochs=0.3, scheduler="cosine_decay", decay_epochs=2, min_lr=0.0, weight_decay=1e-4,
                 weight_decay_filter="norm_and_bias", val_while_train=True, log_interval=5, crop_pct=1.0,
-                mean=(72.94,) * 3, std=(90.02,) * 3, keep_checkpoint_max=5)
+                output_stride=16, mean=(72.94,) * 3, std=(90.02,) * 3, keep_checkpoint_max=5)
     base.update(over)
     return load_config(overrides=base, model_defaults=model_defaults)
+
+
+def assert_learned(epochs):
+    """The bounds a working trainer always clears on make_cfg's recipe and a broken one never does."""
+    # measured: ratio 0.48-0.56 when training works, 1.00 with lr 0
+    assert epochs[1]["loss"] < 0.75 * epochs[0]["loss"], [e["loss"] for e in epochs]
+    # measured: 40.6-57.8% when training works, 10.2% (chance) with lr 0
+    assert epochs[1]["top1"] > 25.0, [e["top1"] for e in epochs]
 
 
 def read_jsonl(path):
@@ -66,8 +80,8 @@ def test_graph_training_lowers_loss_and_writes_everything(graph_run):
     steps = [r for r in records if r["type"] == "step"]
     epochs = [r for r in records if r["type"] == "epoch"]
     assert [e["epoch"] for e in epochs] == [1, 2]
-    assert steps[-1]["loss"] < steps[0]["loss"] * 0.9, (steps[0], steps[-1])
-    assert epochs[1]["loss"] < epochs[0]["loss"] * 0.95
+    assert len(steps) == 2 * (STEPS // 5 + 1)  # every log_interval and at each epoch's end
+    assert_learned(epochs)
     for e in epochs:
         assert e["val_images"] == VAL_IMAGES and 0.0 <= e["top1"] <= e["top5"] <= 100.0
     assert summary["best_top1"] == max(e["top1"] for e in epochs)
@@ -108,11 +122,13 @@ def test_resume_continues_exactly(graph_run, fashion_mnist_tiny, tmp_path):  # n
     a, _, meta_a = model_tensors(ref_dir / f"mobilenet_v2_035-2_{STEPS}.ckpt")
     b, tensors_b, meta_b = model_tensors(run_dir / f"mobilenet_v2_035-2_{STEPS}.ckpt")
     _, tensors_a, _ = model_tensors(ref_dir / f"mobilenet_v2_035-2_{STEPS}.ckpt")
-    for name in ("ema.features.0.weight", "ema.classifier.1.weight", "moments.features.0.weight"):
-        np.testing.assert_allclose(tensors_b[name], tensors_a[name], rtol=1e-4, atol=1e-5, err_msg=name)
     assert meta_b["train_state"]["global_step"] == meta_a["train_state"]["global_step"] == 2 * STEPS
-    for name in a:
-        np.testing.assert_allclose(b[name], a[name], rtol=1e-4, atol=1e-5, err_msg=name)
+    # Same process, same data order, same kernels: the resumed run is the uninterrupted one, bit for bit
+    # (weights, BN statistics, momentum and EMA slots).
+    assert sorted(tensors_a) == sorted(tensors_b)
+    for name in tensors_a:
+        if name != "learning_rate":
+            np.testing.assert_array_equal(tensors_b[name], tensors_a[name], err_msg=name)
     lines = read_jsonl(run_dir / "metrics.jsonl")
     assert [r["epoch"] for r in lines if r["type"] == "epoch"] == [1, 2]
 
@@ -132,15 +148,14 @@ def test_pynative_trains_like_graph_with_accumulation_and_clipping(fashion_mnist
     """Mode 1 (PyNative) and mode 0 (graph) run the same step: same weights after the same updates."""
     from mindcv_mnv2.engine.trainer import train
 
-    over = dict(epoch_size=1, batch_size=BATCH // 2, gradient_accumulation_steps=2, clip_grad=True, clip_value=1.0,
-                val_while_train=False, num_samples=TRAIN_IMAGES // 4)  # 10 batches of 16 = 5 updates
+    over = dict(epoch_size=1, batch_size=16, gradient_accumulation_steps=2, clip_grad=True, clip_value=1.0,
+                val_while_train=False, num_samples=160)  # 10 batches of 16 = 5 updates
     weights = {}
     for mode in (1, 0):
         run_dir = tmp_path / f"mode{mode}"
         train(make_cfg(fashion_mnist_tiny, run_dir, mode=mode, **over))
         weights[mode], _, meta = model_tensors(run_dir / "mobilenet_v2_035-1_10.ckpt")
         assert meta["train_state"]["global_step"] == 5
-    _, init_tensors, _ = model_tensors(tmp_path / "mode0" / "mobilenet_v2_035-1_10.ckpt")
     changed = [n for n in weights[0] if not np.allclose(weights[0][n], weights[1][n], rtol=1e-3, atol=1e-4)]
     assert not changed, f"PyNative and graph differ in {changed[:5]}"
     from mindcv_mnv2.models import create_model
@@ -257,11 +272,15 @@ def test_fine_tune_onto_new_classes(graph_run, tiny_imagefolder, tmp_path, capsy
     _, run_dir, _ = graph_run
     source = run_dir / f"mobilenet_v2_035-2_{STEPS}.ckpt"
     out = tmp_path / "ft"
-    cfg = make_cfg(tiny_imagefolder, out, mode=0, epoch_size=1, batch_size=8, lr=1e-7, val_while_train=False,
+    cfg = make_cfg(tiny_imagefolder, out, mode=0, epoch_size=1, batch_size=8, lr=0.0, val_while_train=False,
                    ckpt_path=str(source), pretrained=True, mean=None, std=None)
     train(cfg)
     assert "re-initialised (fine-tuning)" in capsys.readouterr().out
     tuned, _, meta = model_tensors(out / "mobilenet_v2_035-1_3.ckpt")  # 24 images / 8
-    src, _, _ = model_tensors(source)
+    from mindcv_mnv2.checkpoint import extract_model_state, read_checkpoint
+
+    src = extract_model_state(read_checkpoint(str(source))[0], use_ema=True)  # initialisation takes the EMA weights
     assert tuned["classifier.1.weight"].shape[0] == 3 and meta["class_names"] == ["cat_a", "cat_b", "cat_c"]
-    np.testing.assert_allclose(tuned["features.0.weight"], src["features.0.weight"], atol=1e-5)
+    # lr 0: every loaded weight stays exactly as loaded (BN statistics still move: they are not weights)
+    np.testing.assert_array_equal(tuned["features.0.weight"], src["features.0.weight"])
+    np.testing.assert_array_equal(tuned["features.19.layers.6.weight"], src["features.19.layers.6.weight"])

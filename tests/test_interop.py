@@ -11,11 +11,9 @@ h5py = pytest.importorskip("h5py")
 
 from mindcv_mnv2.tools import convert_keras as ck  # noqa: E402
 
-SHARED = Path(__file__).resolve().parents[1] / ".." / "shared"
-KERAS_DIR = SHARED / "fixtures" / "keras"
+KERAS_DIR = Path(__file__).resolve().parent / "fixtures" / "keras"  # made by Keras 3.11 (fixtures/README.md)
 FIXTURE_H5 = KERAS_DIR / "mobilenetv2_0.35_96_random10.h5"
 FIXTURE_IO = KERAS_DIR / "mobilenetv2_0.35_96_random10_io.npz"
-needs_shared = pytest.mark.skipif(not FIXTURE_H5.is_file(), reason="../shared fixtures are absent")
 
 SETTING = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
            (6, 160, 3, 2), (6, 320, 1, 1))
@@ -187,14 +185,11 @@ def workdir(tmp_path_factory):
 # ----------------------------------------------------------------------------- the real Keras fixture
 @pytest.fixture(scope="module")
 def fixture_ckpt(workdir):
-    if not FIXTURE_H5.is_file():
-        pytest.skip("../shared fixtures are absent")
     path = workdir / "fixture.ckpt"
     meta = ck.convert_keras(str(FIXTURE_H5), str(path), class_names=[f"k{i}" for i in range(10)])
     return path, meta
 
 
-@needs_shared
 def test_fixture_meta_describes_keras_model(fixture_ckpt):
     path, meta = fixture_ckpt
     from mindcv_mnv2.checkpoint import read_meta
@@ -211,7 +206,6 @@ def test_fixture_meta_describes_keras_model(fixture_ckpt):
     assert meta["source"]["bn_epsilon"] == [1e-3]
 
 
-@needs_shared
 def test_fixture_logits_match_keras(fixture_ckpt):
     import mindspore as ms
     import mindcv_mnv2
@@ -231,7 +225,6 @@ def test_fixture_logits_match_keras(fixture_ckpt):
     assert sym_err > 10 * max(err, 1e-6)
 
 
-@needs_shared
 def test_numpy_reference_reproduces_keras_fixture():
     """The numpy reference below is Keras: it reproduces the fixture's logits (measured 2.5e-7)."""
     reader = ck.read_keras_h5(str(FIXTURE_H5))
@@ -258,7 +251,6 @@ def test_converted_net_matches_keras_semantics(alpha, size, workdir):
     assert np.abs(got - ref).max() < 1e-4 * max(1.0, np.abs(ref).max())
 
 
-@needs_shared
 def test_fixture_tensors_are_transformed_h5_arrays(fixture_ckpt):
     from mindcv_mnv2.checkpoint import read_checkpoint
 

@@ -331,6 +331,7 @@ k = 0
 while True:
     k += 1
     save_checkpoint(sys.argv[1], {n: v + k for n, v in params.items()}, {"k": k})
+    print(k, flush=True)  # save k is complete; save k + 1 starts at once
 """
 
 
@@ -338,16 +339,19 @@ def test_kill9_during_save_keeps_the_previous_checkpoint(tmp_path):
     from mindcv_mnv2.checkpoint import read_checkpoint
 
     path = tmp_path / "c.ckpt"
-    for delay in (0.4, 0.9, 1.3, 1.7):
-        proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(path), str(ROOT)])
+    # Synchronised on the writer's own report, not on wall time: each kill lands after at least one
+    # complete save, at a different point of the next one (a 16 MB save takes ~0.1-0.5 s).
+    for delay in (0.0, 0.03, 0.08, 0.15, 0.3):
+        proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(path), str(ROOT)], stdout=subprocess.PIPE,
+                                text=True)
+        done = int(proc.stdout.readline())
         time.sleep(delay)
         proc.kill()
         proc.wait()
-        if not path.exists():
-            continue  # killed before the first save finished: nothing was there to lose
+        proc.stdout.close()
+        assert done >= 1 and path.exists()
         tensors, meta = read_checkpoint(str(path))
-        assert tensors["w5"][0, 0] == 5 + meta["k"]  # a complete, consistent file
-    assert path.exists()
+        assert meta["k"] >= done and tensors["w5"][0, 0] == 5 + meta["k"]  # a complete, consistent file
     # A writer killed mid-save cannot clean up; the next save in that folder removes its temporaries.
     from mindcv_mnv2.checkpoint import save_checkpoint
 

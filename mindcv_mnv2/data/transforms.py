@@ -197,8 +197,13 @@ def create_transforms(is_training: bool, image_size: Optional[int] = 224, *, sca
                       re_scale: Sequence[float] = (0.02, 0.33), re_ratio: Sequence[float] = (0.3, 3.3),
                       re_value: Union[float, str] = 0, re_max_attempts: int = 10,
                       mean: Optional[Sequence[float]] = IMAGENET_MEAN, std: Optional[Sequence[float]] = IMAGENET_STD,
-                      crop_pct: Optional[float] = DEFAULT_CROP_PCT, inception_crop: bool = False) -> List[Any]:
-    """MindCV's train or val transforms for encoded-image bytes -> normalised float32 CHW."""
+                      crop_pct: Optional[float] = DEFAULT_CROP_PCT, inception_crop: bool = False,
+                      decode: bool = True) -> List[Any]:
+    """MindCV's train or val transforms for encoded-image bytes -> normalised float32 CHW.
+
+    ``decode=False`` (evaluation only) leaves out the Decode op: the list then takes an RGB uint8
+    HWC array, so a caller that decodes itself (predict) gets exactly validation's tensor.
+    """
     vision = _vision()
     size = 224 if image_size is None else int(image_size)
     if size < 1:
@@ -213,10 +218,12 @@ def create_transforms(is_training: bool, image_size: Optional[int] = 224, *, sca
         if not 0 < pct <= 1:
             raise DataError(f"crop_pct {crop_pct} must be within (0, 1]")
         if inception_crop:
-            head = [vision.Decode(), CentralCrop(pct), vision.Resize((size, size), inter)]
+            head = [CentralCrop(pct), vision.Resize((size, size), inter)]
         else:
-            head = [vision.Decode(), vision.Resize(int(size / pct), inter), vision.CenterCrop(size)]
-        return head + tail
+            head = [vision.Resize(int(size / pct), inter), vision.CenterCrop(size)]
+        return ([vision.Decode()] if decode else []) + head + tail
+    if not decode:
+        raise DataError("decode=False is for evaluation transforms only (training decodes inside its random crop)")
 
     if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
         raise DataError(f"scale {tuple(scale)} must be (min, max) with 0 < min <= max <= 1")

@@ -24,7 +24,16 @@ def setup_context(mode: int, device_target: str = "auto", seed: int = 42) -> str
         raise ConfigError(f"device_target: {device_target} is not available to this MindSpore build (it runs "
                           f"{built_for}{'' if built_for == 'CPU' else ' and CPU'}); pass --device_target "
                           f"{built_for} (or auto)")
-    ms.set_device(device_target)
+    try:
+        ms.set_device(device_target)
+    except RuntimeError:
+        # The runtime already started on its default device (e.g. eager data ops ran first in
+        # this process): fine when that is the device asked for, an error otherwise.
+        if ms.get_context("device_target") != device_target:
+            from ..config import ConfigError
+
+            raise ConfigError(f"device_target: this process already runs MindSpore on "
+                              f"{ms.get_context('device_target')}; start a new process for {device_target}") from None
     ms.set_context(mode=ms.GRAPH_MODE if mode == 0 else ms.PYNATIVE_MODE)
     if mode == 0:
         # O0 compiles kernel-by-kernel: fast to start, and the fused levels do not help on CPU.

@@ -39,7 +39,7 @@ def _zero_tensor(acc):
 
 
 class NetWithLoss(nn.Cell):
-    """Network, loss, times the loss scale; keeps the network's parameter names."""
+    """(loss x loss scale, loss): the first is differentiated, the second reported; keeps parameter names."""
 
     def __init__(self, net: nn.Cell, loss_fn: nn.Cell) -> None:
         super().__init__(auto_prefix=False)
@@ -47,7 +47,10 @@ class NetWithLoss(nn.Cell):
         self.loss_fn = loss_fn
 
     def construct(self, images, labels, scale):
-        return self.loss_fn(self.net(images), labels) * F.cast(scale, ms.float32)
+        loss = self.loss_fn(self.net(images), labels)
+        # The reported loss is computed unscaled: scaled / scale would be inf when only the
+        # scaled value overflows, and the trainer would stop on a step the loss scaler skips.
+        return loss * F.cast(scale, ms.float32), loss
 
 
 class TrainStep(nn.Cell):
@@ -93,8 +96,8 @@ class TrainStep(nn.Cell):
 
     def construct(self, images, labels):
         # One forward pass gives loss and gradients (a separate forward would update BN statistics twice).
-        scaled, grads = ops.value_and_grad(self.net_with_loss, None, self.weights)(images, labels, self.loss_scale)
-        loss = scaled / self.loss_scale
+        (_, loss), grads = ops.value_and_grad(self.net_with_loss, None, self.weights, has_aux=True)(
+            images, labels, self.loss_scale)
         if self.accumulate > 1:
             grads = F.depend(grads, self.hyper_map(_accumulate, self.accum, grads))
             grads = self.hyper_map(F.partial(_unscale, self.inv_accumulate), self.accum)
@@ -147,5 +150,6 @@ class AccumulateStep(nn.Cell):
         self.hyper_map = C.HyperMap()
 
     def construct(self, images, labels):
-        scaled, grads = ops.value_and_grad(self.net_with_loss, None, self.weights)(images, labels, self.loss_scale)
-        return F.depend(scaled / self.loss_scale, self.hyper_map(_accumulate, self.accum, grads))
+        (_, loss), grads = ops.value_and_grad(self.net_with_loss, None, self.weights, has_aux=True)(
+            images, labels, self.loss_scale)
+        return F.depend(loss, self.hyper_map(_accumulate, self.accum, grads))

@@ -167,7 +167,7 @@ class Trainer:
 
         cfg = self.cfg
         eval_facts = {"image_size": cfg.image_resize, "crop_pct": cfg.crop_pct, "interpolation": cfg.interpolation,
-                      "mean": list(cfg.mean), "std": list(cfg.std)}
+                      "mean": list(cfg.mean), "std": list(cfg.std), "inception_crop": cfg.inception_crop}
         meta = model_meta(cfg.model, builders.model_kwargs(cfg, self.num_classes), self.class_names, eval_facts)
         meta["has_ema"] = bool(cfg.ema)
         meta["config"] = cfg.to_dict()

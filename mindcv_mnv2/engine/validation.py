@@ -18,12 +18,14 @@ _EVAL_KEYS = {"image_size": "image_resize", "crop_pct": "crop_pct", "interpolati
               "mean": "mean", "std": "std"}
 
 
-def _eval_config(cfg: Config, ckpt_eval: Dict[str, Any]) -> Config:
+def _eval_config(cfg: Config, ckpt_eval: Dict[str, Any], explicit_keys: frozenset = frozenset()) -> Config:
     """Eval keys: the recipe's when given, else the checkpoint's, else the model registry's."""
     from ..models.registry import model_defaults
 
     fill = {key: ckpt_eval[k] for k, key in _EVAL_KEYS.items()
             if ckpt_eval.get(k) is not None and getattr(cfg, key) is None}
+    if "inception_crop" not in explicit_keys and ckpt_eval.get("inception_crop") is not None:
+        fill["inception_crop"] = bool(ckpt_eval["inception_crop"])  # how it was trained to be scored
     if fill:
         cfg = cfg.replace(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in fill.items()})
     return resolve_model_defaults(cfg, model_defaults)
@@ -55,7 +57,7 @@ def validate(cfg: Config, use_ema: bool = True, output_json: Optional[str] = Non
     dist = init_distributed(cfg.distribute, device, require_launcher=False)  # recipes say distribute: True
     setup_logging(None, dist.rank, dist.world)
     if cfg.ckpt_path.lower().endswith(".mindir"):
-        forward, class_names, cfg, batch, num_outputs = _load_mindir(cfg)
+        forward, class_names, cfg, batch, num_outputs = _load_mindir(cfg, explicit_keys)
     else:
         forward, class_names, cfg, batch, num_outputs = _load_ckpt(cfg, use_ema, device, explicit_keys)
     loader = builders.build_val_loader(cfg, dist, class_names)
@@ -97,7 +99,7 @@ def _load_ckpt(cfg: Config, use_ema: bool, device: str, explicit_keys: frozenset
             kwargs[key] = ckpt_kwargs[key]
     if "output_stride" in explicit_keys:
         kwargs["output_stride"] = cfg.output_stride
-    cfg = _eval_config(cfg, meta.get("eval") or {})
+    cfg = _eval_config(cfg, meta.get("eval") or {}, explicit_keys)
     net = create_model(cfg.model, **kwargs)
     has_ema = any(k.startswith("ema.") for k in tensors)
     load_weights(net, tensors, strict=True, use_ema=use_ema)
@@ -108,7 +110,7 @@ def _load_ckpt(cfg: Config, use_ema: bool, device: str, explicit_keys: frozenset
     return forward, meta.get("class_names"), cfg, None, num_classes
 
 
-def _load_mindir(cfg: Config):
+def _load_mindir(cfg: Config, explicit_keys: frozenset = frozenset()):
     """An exported graph: its batch size and input size are fixed, its eval facts travel inside it."""
     import mindspore as ms
 
@@ -118,7 +120,7 @@ def _load_mindir(cfg: Config):
     info = cell.export_meta or {}
     if info.get("model"):
         cfg = cfg.replace(model=info["model"])
-    cfg = _eval_config(cfg, info.get("eval") or {})
+    cfg = _eval_config(cfg, info.get("eval") or {}, explicit_keys)
     batch = None
     if cell.input_shape:
         batch = int(cell.input_shape[0])
