@@ -45,9 +45,15 @@ META_KEY = "mnv2_meta"
 FORMAT = "mindcv_mnv2/1"
 _CRC_MARK = b"crc_num"
 
-# Optimizer / loop state that training networks save next to the model tensors.
-TRAINING_STATE_PREFIXES = ("moments.", "ema.", "accum.", "mean_square.", "mean_grad.", "moment1.",
-                           "moment2.", "accu_grads.", "optimizer.")
+# Optimizer / loop state that training networks save next to the model tensors, by owner:
+# the optimizers' slots (MindSpore 2.10: Momentum moments; SGD accum, stat; RMSProp mean_square,
+# moment, mean_grad; Adam moment1, moment2; AdamWeightDecay adam_m, adam_v), this project's train
+# step (EMA copies, partial gradient sums, loss-scale counters) and MindCV's (accu_grads).
+# tests/test_train_step.py checks that every optimizer the recipes can name is covered.
+OPTIMIZER_SLOT_PREFIXES = ("moments.", "accum.", "stat.", "mean_square.", "moment.", "mean_grad.", "moment1.",
+                           "moment2.", "adam_m.", "adam_v.")
+EMA_PREFIX, GRAD_ACCUM_PREFIX = "ema.", "grad_accum."
+TRAINING_STATE_PREFIXES = OPTIMIZER_SLOT_PREFIXES + (EMA_PREFIX, GRAD_ACCUM_PREFIX, "accu_grads.", "optimizer.")
 TRAINING_STATE_NAMES = frozenset({
     "beta1_power", "beta2_power", "global_step", "learning_rate", "momentum", "scale_sense",
     "loss_scale", "epoch_num", "step_num", "current_iterator_step", "last_overflow_iterator_step",
@@ -242,8 +248,8 @@ def extract_model_state(tensors: Mapping[str, np.ndarray], use_ema: bool = True)
     state = {k: v for k, v in tensors.items() if not is_training_state(k)}
     if use_ema:
         for k, v in tensors.items():
-            if k.startswith("ema.") and k[4:] in state:
-                state[k[4:]] = v
+            if k.startswith(EMA_PREFIX) and k[len(EMA_PREFIX):] in state:
+                state[k[len(EMA_PREFIX):]] = v
     return state
 
 
@@ -310,20 +316,20 @@ def load_pretrained(net, path: str, use_ema: bool = True) -> Dict[str, List[str]
 
 def _mismatch_message(label: str, net, state: Mapping[str, np.ndarray], params: Mapping[str, Any],
                       report: Mapping[str, List[str]]) -> str:
-    lines = [f"checkpoint {label} does not fit the model:"]
+    lines = [f"checkpoint {label} does not fit the model"]
     lines += _likely_causes(net, state, params)
 
     def listing(title: str, names: List[str], fmt) -> None:
         if names:
             shown = ", ".join(fmt(n) for n in names[:6])
             more = f" ... and {len(names) - 6} more" if len(names) > 6 else ""
-            lines.append(f"  {title} ({len(names)}): {shown}{more}")
+            lines.append(f"{title} ({len(names)}): {shown}{more}")
 
     listing("shape mismatch", report["mismatched"],
             lambda n: f"{n} checkpoint {tuple(state[n].shape)} vs model {tuple(params[n].shape)}")
     listing("missing from checkpoint", report["missing"], str)
     listing("unexpected in checkpoint", report["unexpected"], str)
-    return "\n".join(lines)
+    return "; ".join(lines)  # one line: command-line errors are one line each
 
 
 def _likely_causes(net, state: Mapping[str, np.ndarray], params: Mapping[str, Any]) -> List[str]:
@@ -332,19 +338,19 @@ def _likely_causes(net, state: Mapping[str, np.ndarray], params: Mapping[str, An
     net_w = getattr(net, "width_mult", None)
     if ck_w is not None and net_w is not None and abs(ck_w - net_w) > 1e-6:
         stem = state["features.0.weight"].shape[0]
-        causes.append(f"  likely cause: checkpoint is width {ck_w} (features.0.weight has {stem} output "
+        causes.append(f"likely cause: checkpoint is width {ck_w} (features.0.weight has {stem} output "
                       f"channels) but the model is width {net_w}; build the matching model "
                       f"(e.g. mobilenet_v2_{int(round(ck_w * 100)):03d}) or use load_model()")
     w = state.get("classifier.1.weight")
     if w is not None and "classifier.1.weight" in params and (ck_w is None or net_w is None
                                                                or abs(ck_w - net_w) <= 1e-6):
         if w.shape[0] != params["classifier.1.weight"].shape[0]:
-            causes.append(f"  likely cause: checkpoint has {w.shape[0]} classes, model has "
+            causes.append(f"likely cause: checkpoint has {w.shape[0]} classes, model has "
                           f"{params['classifier.1.weight'].shape[0]}: pass drop_classifier=True (fine-tuning) "
                           f"or a matching num_classes")
     if not any(k.startswith("features.") for k in state):
         sample = ", ".join(list(state)[:3])
-        causes.append(f"  likely cause: this is not a MobileNetV2 checkpoint of this project or MindCV "
+        causes.append(f"likely cause: this is not a MobileNetV2 checkpoint of this project or MindCV "
                       f"(tensor names look like: {sample})")
     return causes
 

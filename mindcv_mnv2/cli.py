@@ -63,6 +63,7 @@ def run(argv: Sequence[str], prog: str, job: Callable[[Config, argparse.Namespac
 
 def _report(message: str, status: int) -> int:
     """One line on stderr, also kept in the run's log file when there is one."""
+    message = " ".join(message.split())  # e.g. a compiler's multi-line output, kept but on one line
     print(message, file=sys.stderr)
     for handler in logging.getLogger("mindcv_mnv2").handlers:
         if isinstance(handler, logging.FileHandler):

@@ -3,6 +3,7 @@ self-describing, resume continues exactly, NaN stops loudly, validation counts a
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -109,28 +110,78 @@ def test_checkpoint_is_self_describing_and_complete(graph_run):
     assert net.checkpoint_meta["class_names"] == meta["class_names"]
 
 
-def test_resume_continues_exactly(graph_run, fashion_mnist_tiny, tmp_path):  # noqa: F811
+@pytest.fixture(scope="module")
+def half_run(fashion_mnist_tiny, tmp_path_factory):  # noqa: F811
+    """The first of graph_run's two epochs as a run of its own (epoch_size 1, the same LR curve half)."""
+    from mindcv_mnv2.engine.trainer import train
+
+    run_dir = tmp_path_factory.mktemp("half_run")
+    train(make_cfg(fashion_mnist_tiny, run_dir, mode=0, epoch_size=1, decay_epochs=2, ema=True, ema_decay=0.99))
+    return run_dir
+
+
+def assert_same_run(ref_ckpt, got_ckpt):
+    """Same process, same data order, same kernels: a continued run is the uninterrupted one, bit for
+    bit (weights, BN statistics, optimizer slots, EMA copies, step counter)."""
+    _, tensors_a, meta_a = model_tensors(ref_ckpt)
+    _, tensors_b, meta_b = model_tensors(got_ckpt)
+    assert meta_b["train_state"]["global_step"] == meta_a["train_state"]["global_step"]
+    assert sorted(tensors_a) == sorted(tensors_b)
+    for name in tensors_a:
+        np.testing.assert_array_equal(tensors_b[name], tensors_a[name], err_msg=name)
+
+
+def test_resume_continues_exactly(graph_run, half_run, fashion_mnist_tiny, tmp_path):  # noqa: F811
     from mindcv_mnv2.engine.trainer import train
 
     cfg, ref_dir, _ = graph_run
-    run_dir = tmp_path / "interrupted"
-    train(make_cfg(fashion_mnist_tiny, run_dir, mode=0, epoch_size=1, decay_epochs=2, ema=True, ema_decay=0.99))
-    # epoch_size 1 with decay_epochs 2 gives the first half of the reference's LR curve; now
-    # resume the same run directory for the full two epochs.
+    run_dir = shutil.copytree(half_run, tmp_path / "interrupted")
     summary = train(make_cfg(fashion_mnist_tiny, run_dir, mode=0, resume=str(run_dir), ema=True, ema_decay=0.99))
     assert summary["epoch"] == 2
-    a, _, meta_a = model_tensors(ref_dir / f"mobilenet_v2_035-2_{STEPS}.ckpt")
-    b, tensors_b, meta_b = model_tensors(run_dir / f"mobilenet_v2_035-2_{STEPS}.ckpt")
-    _, tensors_a, _ = model_tensors(ref_dir / f"mobilenet_v2_035-2_{STEPS}.ckpt")
-    assert meta_b["train_state"]["global_step"] == meta_a["train_state"]["global_step"] == 2 * STEPS
-    # Same process, same data order, same kernels: the resumed run is the uninterrupted one, bit for bit
-    # (weights, BN statistics, momentum and EMA slots).
-    assert sorted(tensors_a) == sorted(tensors_b)
-    for name in tensors_a:
-        if name != "learning_rate":
-            np.testing.assert_array_equal(tensors_b[name], tensors_a[name], err_msg=name)
+    assert_same_run(ref_dir / f"mobilenet_v2_035-2_{STEPS}.ckpt", run_dir / f"mobilenet_v2_035-2_{STEPS}.ckpt")
     lines = read_jsonl(run_dir / "metrics.jsonl")
     assert [r["epoch"] for r in lines if r["type"] == "epoch"] == [1, 2]
+
+
+def test_ckpt_path_with_resume_opt_continues_exactly(graph_run, half_run, fashion_mnist_tiny, tmp_path):  # noqa: F811
+    """MindCV's spelling, --ckpt_path X --resume_opt True, into a new run directory: the same run."""
+    from mindcv_mnv2.engine.trainer import train
+
+    _, ref_dir, _ = graph_run
+    run_dir = tmp_path / "continued"
+    train(make_cfg(fashion_mnist_tiny, run_dir, mode=0, ckpt_path=str(half_run / f"mobilenet_v2_035-1_{STEPS}.ckpt"),
+                   resume_opt=True, ema=True, ema_decay=0.99))
+    assert_same_run(ref_dir / f"mobilenet_v2_035-2_{STEPS}.ckpt", run_dir / f"mobilenet_v2_035-2_{STEPS}.ckpt")
+    assert not (run_dir / f"mobilenet_v2_035-1_{STEPS}.ckpt").exists()  # epoch 1 was not trained again
+
+
+def test_interrupt_inside_accumulation_cycle_resumes_exactly(fashion_mnist_tiny, tmp_path, monkeypatch):  # noqa: F811
+    """The partial gradient sum is saved with the interrupt checkpoint and restored."""
+    import signal
+
+    from mindcv_mnv2.engine.trainer import Interrupted, Trainer, train
+
+    over = dict(mode=0, epoch_size=2, decay_epochs=2, batch_size=32, gradient_accumulation_steps=2, num_samples=320,
+                val_while_train=False)  # 10 batches = 5 updates per epoch
+    train(make_cfg(fashion_mnist_tiny, tmp_path / "ref", **over))
+    real_next = Trainer._next_batch
+
+    def stop_after_batch_3(self, it, epoch, step):
+        if (epoch, step) == (0, 2):  # batch index 2 is the third: one batch into the second cycle
+            self._stop_signal = signal.SIGTERM
+        return real_next(self, it, epoch, step)
+
+    monkeypatch.setattr(Trainer, "_next_batch", stop_after_batch_3)
+    run_dir = tmp_path / "run"
+    with pytest.raises(Interrupted, match="step 3"):
+        train(make_cfg(fashion_mnist_tiny, run_dir, **over))
+    monkeypatch.setattr(Trainer, "_next_batch", real_next)
+    _, saved, meta = model_tensors(run_dir / "mobilenet_v2_035_interrupted.ckpt")
+    assert meta["train_state"]["step_in_epoch"] == 3 and meta["train_state"]["global_step"] == 1
+    partial = [v for k, v in saved.items() if k.startswith("grad_accum.")]
+    assert partial and any(np.abs(v).max() > 0 for v in partial)  # the half-summed gradients are in the file
+    train(make_cfg(fashion_mnist_tiny, run_dir, resume=str(run_dir), **over))
+    assert_same_run(tmp_path / "ref" / "mobilenet_v2_035-2_10.ckpt", run_dir / "mobilenet_v2_035-2_10.ckpt")
 
 
 def test_new_run_refuses_a_used_run_dir(graph_run, fashion_mnist_tiny):  # noqa: F811
@@ -284,3 +335,40 @@ def test_fine_tune_onto_new_classes(graph_run, tiny_imagefolder, tmp_path, capsy
     # lr 0: every loaded weight stays exactly as loaded (BN statistics still move: they are not weights)
     np.testing.assert_array_equal(tuned["features.0.weight"], src["features.0.weight"])
     np.testing.assert_array_equal(tuned["features.19.layers.6.weight"], src["features.19.layers.6.weight"])
+
+
+def test_tf_slim_recipe_trains_and_its_checkpoint_scores_as_trained(fashion_mnist_tiny, tmp_path):  # noqa: F811
+    """configs/mobilenet_v2_1.0_slim_gpu.yaml (RMSProp, x0.98 every 2.5 epochs, EMA, inception crop) on CPU."""
+    from mindcv_mnv2.config import parse_args
+    from mindcv_mnv2.engine.trainer import train
+
+    run_dir = tmp_path / "slim"
+    argv = ["-c", str(ROOT / "configs" / "mobilenet_v2_1.0_slim_gpu.yaml"), "--device_target", "CPU",
+            "--distribute", "False", "--data_dir", str(fashion_mnist_tiny), "--ckpt_save_dir", str(run_dir),
+            "--model", "mobilenet_v2_035", "--image_resize", "32", "--batch_size", "16", "--num_samples", "320",
+            "--epoch_size", "2", "--decay_epochs", "0.5", "--val_interval", "1", "--num_parallel_workers", "2",
+            "--mean", "72.94", "72.94", "72.94", "--std", "90.02", "90.02", "90.02", "--lr", "0.01", "--num_classes", "10"]
+    cfg = parse_args(argv, model_defaults=model_defaults)[0]
+    assert (cfg.opt, cfg.scheduler, cfg.ema, cfg.inception_crop, cfg.eps) == ("rmsprop", "step_decay", True, True, 1.0)
+    summary = train(cfg)
+    epochs = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r["type"] == "epoch"]
+    assert len(epochs) == 2 and all(math.isfinite(e["loss"]) for e in epochs)
+    _, tensors, meta = model_tensors(summary["last_checkpoint"])
+    for prefix in ("mean_square.", "moment.", "ema."):  # RMSProp's slots and the EMA copies are saved
+        assert any(k.startswith(prefix) for k in tensors), prefix
+    assert meta["eval"]["inception_crop"] is True
+    # 20 updates per epoch, x0.98 every 0.5 epochs (10 updates): the step-decay schedule really runs
+    from mindcv_mnv2.engine.builders import build_lr  # what the trainer steps through
+
+    np.testing.assert_allclose(build_lr(cfg, 20)[[0, 9, 10, 39]], 0.01 * np.array([1, 1, 0.98, 0.98 ** 3]),
+                               rtol=1e-6)
+    # validate.py without the recipe: the checkpoint says how it is scored (EMA weights, inception crop)
+    out = tmp_path / "v.json"
+    proc = subprocess.run([sys.executable, "validate.py", "--data_dir", str(fashion_mnist_tiny), "--ckpt_path",
+                           summary["last_checkpoint"], "--device_target", "CPU", "--output_json", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    m = json.load(open(out))
+    assert m["preprocessing"]["inception_crop"] is True and m["preprocessing"]["image_size"] == 32
+    assert m["correct_top1"] == round(epochs[-1]["top1"] * VAL_IMAGES / 100)  # the trainer's own last score
+    assert m["loss"] == pytest.approx(epochs[-1]["val_loss"], rel=1e-5)

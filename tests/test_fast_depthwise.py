@@ -173,3 +173,52 @@ def test_build_is_cached_and_a_missing_compiler_is_explained(tmp_path, monkeypat
             resolve_kernel("aot", "CPU")
     finally:
         build_library.cache_clear()
+
+
+def _fake_compiler(path, body):
+    """A stand-in for g++ that answers --version and then does ``body`` when asked to compile."""
+    path.write_text(f'#!/bin/sh\nif [ "$1" = --version ]; then echo "fake-g++ 1.0"; exit 0; fi\n{body}\n')
+    path.chmod(0o755)
+    return path
+
+
+@pytest.mark.parametrize("body, needle", [
+    ('echo "depthwise.cc:1: error: something broke" >&2; exit 1', "depthwise.cc:1: error: something broke"),
+    ("exec sleep 60", "timed out after 2"),  # a compiler that hangs
+])
+def test_compiler_that_fails_or_hangs(body, needle, tmp_path, monkeypatch):
+    """auto falls back to native with the reason; aot is one KernelBuildError naming the fix."""
+    from mindcv_mnv2.ops import depthwise
+
+    monkeypatch.setenv("MINDCV_MNV2_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("CXX", str(_fake_compiler(tmp_path / "g++", body)))
+    monkeypatch.setattr(depthwise, "BUILD_TIMEOUT_S", 2.0)
+    build_library.cache_clear()
+    try:
+        kernel, why = resolve_kernel("auto", "CPU")
+        assert kernel == "native" and "building the fast depthwise kernel failed" in why
+        build_library.cache_clear()
+        with pytest.raises(KernelBuildError) as info:
+            resolve_kernel("aot", "CPU")
+        assert needle in str(info.value) and "depthwise_kernel: native" in str(info.value)
+        assert not any((tmp_path / "cache").glob("*.so"))  # nothing half-built is kept
+    finally:
+        build_library.cache_clear()
+
+
+def test_march_override_builds_a_separate_baseline_library(tmp_path, monkeypatch):
+    """MINDCV_MNV2_MARCH=x86-64 builds baseline code under its own name; a bad value is one clear error."""
+    monkeypatch.setenv("MINDCV_MNV2_CACHE", str(tmp_path / "cache"))
+    build_library.cache_clear()
+    try:
+        native = build_library()
+        monkeypatch.setenv("MINDCV_MNV2_MARCH", "x86-64")
+        build_library.cache_clear()
+        baseline = build_library()
+        assert baseline != native and baseline.exists() and native.exists()
+        monkeypatch.setenv("MINDCV_MNV2_MARCH", "x86-64; rm -rf /")
+        build_library.cache_clear()
+        with pytest.raises(KernelBuildError, match="MINDCV_MNV2_MARCH=.* is not a -march target"):
+            build_library()
+    finally:
+        build_library.cache_clear()

@@ -78,11 +78,11 @@ def _break_class_sets(d):
 
 DATA_CASES = {
     "data_dir missing": (lambda d: shutil.rmtree(d), ["does not exist"]),
-    "split missing": (_break_missing_split, ["val"]),
-    "split empty": (_break_empty_split, ["train"]),
+    "split missing": (_break_missing_split, ["/val' does not exist", "val_split"]),
+    "split empty": (_break_empty_split, ["/train' has no class folders", "/train/<class>/<image>"]),
     "class folder empty": (_break_empty_class, ["3_dress"]),
     "class sets differ": (_break_class_sets, ["9_ankle_boot"]),
-}
+}  # each needle names the culprit (folder) or the fix; none matches the "train.py: error:" prefix alone
 
 
 @pytest.mark.parametrize("case", list(DATA_CASES))
@@ -128,6 +128,16 @@ def test_fast_kernel_that_cannot_be_built(fm, tmp_path, capsys, monkeypatch):
     assert status == 2 and err.startswith("train.py: error: depthwise_kernel: no C++ compiler"), err
     assert "apt-get install g++" in err and len(err.strip().splitlines()) == 1, err
     assert not any((tmp_path / "r").glob("*.ckpt"))
+
+
+def test_nan_loss_exits_3_with_one_line(fm, tmp_path, capsys):
+    """A recipe that diverges (lr 1e30): exit status 3, one line naming the step and the fix."""
+    run_dir = tmp_path / "nan"
+    status, err = run_cli("train.py", FAST + ["--data_dir", str(fm), "--ckpt_save_dir", str(run_dir), "--lr", "1e30",
+                                               "--epoch_size", "1"], capsys)
+    assert status == 3, err
+    assert err.startswith("train.py: error: loss became") and len(err.strip().splitlines()) == 1, err
+    assert "step" in err and "Lower lr" in err and "no checkpoint was written before it" in err
 
 
 def test_unwritable_run_dir(fm, tmp_path, capsys):
@@ -248,7 +258,7 @@ def test_bad_checkpoint_for_validate(case, good_ckpt, tmp_path, capsys):
         needle = "tf_same"
     status, err = run_cli("validate.py", argv, capsys)
     assert status == 2, err
-    assert needle in err and len(err.strip().splitlines()) <= 8 and "Traceback" not in err, err
+    assert needle in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
     assert "top-1" not in capsys.readouterr().out
 
 
@@ -298,18 +308,23 @@ def test_kill9_then_resume_matches_uninterrupted(fm, tmp_path):
     a, meta_a = _weights(tmp_path / "ref" / "mobilenet_v2_035-3_20.ckpt")
     b, meta_b = _weights(run_dir / "mobilenet_v2_035-3_20.ckpt")
     assert meta_a["train_state"]["global_step"] == meta_b["train_state"]["global_step"] == 60
+    # Another process on the same machine, the same data order and kernels: bit for bit, not "close".
     for name in a:
-        np.testing.assert_allclose(b[name], a[name], rtol=1e-4, atol=1e-5, err_msg=name)
+        np.testing.assert_array_equal(b[name], a[name], err_msg=name)
 
 
-def test_sigint_saves_resumable_checkpoint(fm, tmp_path):
-    run_dir = tmp_path / "sigint"
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_saves_resumable_checkpoint(sig, fm, tmp_path):
+    run_dir = tmp_path / "stopped"
     common = FAST + ["--data_dir", str(fm), "--epoch_size", "2", "--ckpt_save_dir", str(run_dir)]
     proc = _spawn(common)
     _wait_for(run_dir / "metrics.jsonl", proc)  # the first step lines are written: training is under way
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
+    # MindSpore's SignalGuard owns SIGINT while a graph runs and passes it on as SIGTERM, so a Ctrl-C
+    # is reported as either; SIGTERM (what schedulers send) is always named as itself.
+    assert ("SIGTERM received" in err or sig == signal.SIGINT and "SIGINT received" in err), err
     assert "--resume" in err and "Traceback" not in err
     saved = run_dir / "mobilenet_v2_035_interrupted.ckpt"
     _, meta = _weights(saved)

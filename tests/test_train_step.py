@@ -214,3 +214,18 @@ def test_loss_scale_is_exact_when_nothing_overflows(pynative):
         results.append(_values(net))
     for k in results[0]:
         np.testing.assert_array_equal(results[0][k], results[1][k], err_msg=k)
+
+
+@pytest.mark.parametrize("opt", ["momentum", "sgd", "rmsprop", "adam", "adamw"])
+def test_every_optimizer_slot_is_known_training_state(opt):
+    """Checkpoints hold the step's Parameters: everything but the model's must be recognised as training
+    state, or loading the file into a bare network (validate.py, predict, fine-tuning) fails."""
+    from mindcv_mnv2.checkpoint import extract_model_state, is_training_state
+
+    net = TinyNet()
+    step = _step(net, opt, ema_decay=0.9, accumulate=2)  # EMA and accumulation add their own buffers
+    model = {p.name for p in net.get_parameters()}
+    names = [p.name for p in step.get_parameters()]
+    assert len(names) == len(set(names)), "two buffers share a name"  # e.g. SGD's accum.* vs accumulation's
+    assert [n for n in names if n not in model and not is_training_state(n)] == []
+    assert set(extract_model_state({n: np.zeros(1) for n in names}, use_ema=False)) == model

@@ -20,6 +20,12 @@ def transform_args(cfg: Config) -> Dict[str, Any]:
                 inception_crop=cfg.inception_crop)
 
 
+def eval_facts(cfg: Config) -> Dict[str, Any]:
+    """How the recipe scores images, as checkpoints record it (validate.py and predict read it back)."""
+    return {"image_size": cfg.image_resize, "crop_pct": cfg.crop_pct, "interpolation": cfg.interpolation,
+            "mean": list(cfg.mean), "std": list(cfg.std), "inception_crop": cfg.inception_crop}
+
+
 def build_val_loader(cfg: Config, dist: DistInfo, class_names: Optional[Sequence[str]] = None,
                      image_size: Optional[int] = None, **eval_overrides: Any):
     """Validation loader over val_split: exact shards, nothing dropped."""

@@ -1,8 +1,11 @@
-"""Which checkpoints a run writes and keeps, and how a run directory is resumed.
+"""What a run's checkpoints hold, which ones it keeps, and how a run continues from one.
 
 Files use MindCV's names (``<model>-<epoch>_<steps_per_epoch>.ckpt``, ``<model>_best.ckpt``);
 what each holds (epoch, step, metric) is read from the file's own metadata and from
-``state.json``, never parsed from a file name.
+``state.json``, never parsed from a file name. A checkpoint holds every Parameter of the compiled
+train step (model, optimizer slots, EMA copies, loss-scale counters, and a partial gradient sum
+when saved inside an accumulation cycle), so resuming is exact: the resumed run computes what the
+uninterrupted one would have, bit for bit (tests/test_engine.py, tests/test_reliability.py).
 """
 from __future__ import annotations
 
@@ -10,12 +13,79 @@ import glob
 import json
 import logging
 import os
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, Iterable, List, Mapping, Optional
 
-from ..checkpoint import CheckpointError, read_meta, save_checkpoint
+import numpy as np
+
+from ..checkpoint import (EMA_PREFIX, GRAD_ACCUM_PREFIX, OPTIMIZER_SLOT_PREFIXES, CheckpointError,
+                          model_meta, read_meta, save_checkpoint)
 
 log = logging.getLogger("mindcv_mnv2")
 STATE_FILE = "state.json"
+# Step state rebuilt from the recipe rather than restored: the LR array comes from the schedule.
+REBUILT = ("learning_rate",)
+
+
+# ----------------------------------------------------------------------------- run state
+def run_tensors(step_params: Mapping[str, Any], lr_now: float, mid_cycle: bool = False) -> Dict[str, Any]:
+    """Everything a checkpoint of a run holds: the step's Parameters plus the current LR (informative,
+    as in MindCV files); partial gradient sums only when saved inside an accumulation cycle."""
+    out = {n: p for n, p in step_params.items()
+           if n not in REBUILT and (mid_cycle or not n.startswith(GRAD_ACCUM_PREFIX))}
+    out["learning_rate"] = np.array(lr_now, np.float32)
+    return out
+
+
+def run_meta(model: str, model_kwargs: Mapping[str, Any], class_names: List[str], eval_facts: Mapping[str, Any],
+             config: Mapping[str, Any], has_ema: bool, train_state: Mapping[str, Any]) -> Dict[str, Any]:
+    """The self-description of a run's checkpoint: model, preprocessing, config, loop position."""
+    meta = model_meta(model, model_kwargs, class_names, eval_facts)
+    meta.update(has_ema=bool(has_ema), config=dict(config), train_state=dict(train_state))
+    return meta
+
+
+def resume_position(path: str, meta: Mapping[str, Any], tensors: Mapping[str, np.ndarray], updates_per_epoch: int,
+                    accumulate: int) -> Dict[str, Any]:
+    """The loop position to continue from: our files say it; a MindCV file's follows from its global_step."""
+    ts = meta.get("train_state")
+    if ts:
+        if ts.get("updates_per_epoch") != updates_per_epoch:
+            raise CheckpointError(f"{path}: saved with {ts.get('updates_per_epoch')} updates per epoch, this run "
+                                  f"has {updates_per_epoch}; resume with the same data, batch_size and devices")
+        return dict(ts)
+    if meta or "global_step" not in tensors:  # ours without a loop position, or no optimizer step count
+        raise CheckpointError(f"{path}: no training state inside (no global_step); it can initialise weights "
+                              f"(--ckpt_path without --resume_opt) but not resume a run")
+    # A MindCV training checkpoint: MindCV saves at epoch ends and records no epoch (its train.py
+    # parses it from the file name); the optimizer's step count says where the run stood.
+    step = int(np.asarray(tensors["global_step"]).reshape(-1)[0])
+    log.info("%s is a MindCV checkpoint: continuing after its global_step %d = epoch %d + %d updates of %d",
+             path, step, step // updates_per_epoch, step % updates_per_epoch, updates_per_epoch)
+    return {"epoch": step // updates_per_epoch, "step_in_epoch": step % updates_per_epoch * accumulate,
+            "global_step": step, "best_top1": None, "best_epoch": None}
+
+
+def restore_run_tensors(path: str, step_params: Mapping[str, Any], model_names: Iterable[str],
+                        tensors: Mapping[str, np.ndarray], opt: str) -> None:
+    """Copy optimizer slots, loop counters, EMA copies and partial gradient sums into the step's
+    Parameters (model weights are loaded by load_weights); a missing optimizer slot is an error."""
+    import mindspore as ms
+
+    model_names = set(model_names)
+    missing = [n for n in step_params if n not in tensors and n not in REBUILT and n not in model_names]
+    slots = [n for n in missing if n.startswith(OPTIMIZER_SLOT_PREFIXES) or n == "global_step"]
+    if slots:
+        raise CheckpointError(f"{path}: optimizer state for this recipe's optimizer ({opt}) is missing (e.g. "
+                              f"{slots[0]}); was it saved with another optimizer? Initialise from it with "
+                              f"--ckpt_path instead (a fresh optimizer)")
+    for name, p in step_params.items():
+        if name in tensors and name not in REBUILT and name not in model_names:
+            p.set_data(ms.Tensor(tensors[name]).astype(p.dtype))
+    if any(n.startswith(EMA_PREFIX) for n in missing):
+        log.warning("%s holds no EMA weights: EMA restarts from the current weights", path)
+        for name in model_names:
+            if EMA_PREFIX + name in step_params and EMA_PREFIX + name not in tensors:
+                step_params[EMA_PREFIX + name].set_data(step_params[name].value().copy())
 
 
 def _write_json_atomic(path: str, data: Any) -> None:

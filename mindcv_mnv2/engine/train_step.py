@@ -12,6 +12,8 @@ from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
 from mindspore.ops import composite as C
 from mindspore.ops import functional as F
 
+from ..checkpoint import GRAD_ACCUM_PREFIX
+
 _unscale = C.MultitypeFuncGraph("unscale")
 _ema_update = C.MultitypeFuncGraph("ema_update")
 _accumulate = C.MultitypeFuncGraph("accumulate")
@@ -57,8 +59,8 @@ class TrainStep(nn.Cell):
     """``loss = step(images, labels)``: one optimizer update.
 
     With ``accumulate`` N > 1, call ``AccumulateStep(step)(images, labels)`` for the first N-1
-    batches (gradients are only added up) and ``step(images, labels)`` for the N-th (update);
-    two compiled cells sharing every Parameter keep both graphs free of branches.
+    batches (gradients are only added up in ``grad_accum.*``) and ``step(images, labels)`` for the
+    N-th (update); two compiled cells sharing every Parameter keep both graphs free of branches.
 
     EMA weights are Parameters named ``ema.<param>`` (MindCV's naming), so they are saved
     and restored with the checkpoint like any other tensor.
@@ -89,7 +91,8 @@ class TrainStep(nn.Cell):
             self.ema_updates = Parameter(Tensor(0.0, ms.float32), name="ema.updates", requires_grad=False)
         self.accumulate = accumulate
         if accumulate > 1:
-            self.accum = self.weights.clone(prefix="accum", init="zeros")
+            # not "accum": nn.SGD names its momentum slots accum.<param>
+            self.accum = self.weights.clone(prefix=GRAD_ACCUM_PREFIX.rstrip("."), init="zeros")
             self.inv_accumulate = Tensor(1.0 / accumulate, ms.float32)
         self.reducer = grad_reducer
         self.use_reducer = grad_reducer is not None

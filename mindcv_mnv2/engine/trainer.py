@@ -17,15 +17,12 @@ from ..config import Config, ConfigError
 from ..distributed import DistInfo, init_distributed
 from ..ops import kernel_in_use
 from . import builders
-from .checkpointing import CheckpointKeeper, find_resume_checkpoint
+from .checkpointing import (CheckpointKeeper, find_resume_checkpoint, restore_run_tensors, resume_position,
+                            run_meta, run_tensors)
 from .context import amp_level_for, setup_context
 from .evaluator import EvalNet, describe, evaluate
 from .train_step import AccumulateStep
 from .progress import MetricsWriter, format_eta, progress_bar, setup_logging
-
-# Optimizer/step state that is rebuilt rather than restored.
-_NOT_RESTORED = ("learning_rate",)
-
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN/Inf; the message names the step and the last good checkpoint."""
@@ -151,33 +148,19 @@ class Trainer:
             fh.write(self.cfg.to_yaml())
         os.replace(tmp, path)
 
-    # ---- checkpoint contents -------------------------------------------------------------
-    def _tensors(self) -> Dict[str, Any]:
-        out = {}
-        for name, p in self.step.parameters_dict().items():
-            if name in _NOT_RESTORED or name.startswith("accum."):
-                continue
-            out[name] = p
-        out["learning_rate"] = np.array(self._current_lr(), np.float32)  # informative, as MindCV files
-        return out
+    # ---- checkpoint contents (what they hold: engine.checkpointing) ----------------------------
+    def _tensors(self, mid_cycle: bool = False) -> Dict[str, Any]:
+        return run_tensors(self.step.parameters_dict(), self._current_lr(), mid_cycle)
 
     def _meta(self, epoch: int, step_in_epoch: int = 0, last_metrics: Optional[Dict[str, Any]] = None
               ) -> Dict[str, Any]:
-        from ..checkpoint import model_meta
-
         cfg = self.cfg
-        eval_facts = {"image_size": cfg.image_resize, "crop_pct": cfg.crop_pct, "interpolation": cfg.interpolation,
-                      "mean": list(cfg.mean), "std": list(cfg.std), "inception_crop": cfg.inception_crop}
-        meta = model_meta(cfg.model, builders.model_kwargs(cfg, self.num_classes), self.class_names, eval_facts)
-        meta["has_ema"] = bool(cfg.ema)
-        meta["config"] = cfg.to_dict()
-        meta["train_state"] = {
-            "epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": self._global_step(),
-            "steps_per_epoch": self.steps_per_epoch, "updates_per_epoch": self.updates_per_epoch,
-            "world": self.dist.world, "best_top1": self.best["top1"], "best_epoch": self.best["epoch"],
-            "last_metrics": last_metrics or {},
-        }
-        return meta
+        state = {"epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": self._global_step(),
+                 "steps_per_epoch": self.steps_per_epoch, "updates_per_epoch": self.updates_per_epoch,
+                 "world": self.dist.world, "best_top1": self.best["top1"], "best_epoch": self.best["epoch"],
+                 "last_metrics": last_metrics or {}}
+        return run_meta(cfg.model, builders.model_kwargs(cfg, self.num_classes), self.class_names,
+                        builders.eval_facts(cfg), cfg.to_dict(), cfg.ema, state)
 
     def _global_step(self) -> int:
         return int(np.asarray(self.optimizer.global_step.asnumpy()).reshape(-1)[0])
@@ -186,33 +169,13 @@ class Trainer:
         return float(self.lr[min(self._global_step(), len(self.lr) - 1)])
 
     def _restore(self, path: str) -> None:
-        from ..checkpoint import CheckpointError, load_weights, read_checkpoint
+        from ..checkpoint import load_weights, read_checkpoint
 
         tensors, meta = read_checkpoint(path)
-        ts = meta.get("train_state")
-        if not ts:
-            raise CheckpointError(f"{path}: no training state (epoch/step) inside; it can initialise weights "
-                                  f"(--ckpt_path) but not resume a run")
-        if ts.get("updates_per_epoch") != self.updates_per_epoch:
-            raise CheckpointError(f"{path}: saved with {ts.get('updates_per_epoch')} updates per epoch, this run has "
-                                  f"{self.updates_per_epoch}; resume with the same data, batch_size and devices")
+        ts = resume_position(path, meta, tensors, self.updates_per_epoch, self.accum)
         load_weights(self.net, tensors, strict=True, use_ema=False)
-        import mindspore as ms
-
-        params = self.step.parameters_dict()
-        missing = [n for n in params if n not in tensors and n not in _NOT_RESTORED and not n.startswith("accum.")
-                   and n not in {p.name for p in self.net.get_parameters()}]
-        if any(n.startswith(("moments.", "mean_square.", "moment", "global_step")) for n in missing):
-            raise CheckpointError(f"{path}: optimizer state for this recipe's optimizer ({self.cfg.opt}) is missing "
-                                  f"(e.g. {missing[0]}); was it saved with another optimizer?")
-        for name, p in params.items():
-            if name in tensors and name not in _NOT_RESTORED and not name.startswith("accum."):
-                p.set_data(ms.Tensor(tensors[name]).astype(p.dtype))
-        if any(n.startswith("ema.") for n in missing):
-            self.log.warning("%s holds no EMA weights: EMA restarts from the current weights", path)
-            for p in self.net.get_parameters():
-                if "ema." + p.name in params:
-                    params["ema." + p.name].set_data(p.value().copy())
+        restore_run_tensors(path, self.step.parameters_dict(), [p.name for p in self.net.get_parameters()], tensors,
+                            self.cfg.opt)
         self.start_epoch = int(ts["epoch"])
         self.skip_steps = int(ts.get("step_in_epoch", 0))
         self.best = {"top1": ts.get("best_top1"), "epoch": ts.get("best_epoch")}
@@ -378,7 +341,7 @@ class Trainer:
             if err is None:
                 raise
             with self._saving():
-                path = self.keeper.save_interrupt(self._tensors(), self._meta(epoch, step))
+                path = self.keeper.save_interrupt(self._tensors(mid_cycle=step % self.accum != 0), self._meta(epoch, step))
             raise type(err)(f"{err}. Progress was saved to {path}") from None
 
     def _diverged(self, epoch: int, step: int, loss: float) -> None:
@@ -397,7 +360,10 @@ class Trainer:
             return None
 
         def handler(signum, frame):  # noqa: ARG001 - the loop saves at the next step boundary
-            self._stop_signal = signum
+            # the first signal names the stop (MindSpore's SignalGuard passes a Ctrl-C that arrives
+            # while a graph runs on as SIGTERM)
+            if self._stop_signal is None:
+                self._stop_signal = signum
 
         return {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
 
@@ -413,7 +379,8 @@ class Trainer:
         else:
             meta = self._meta(epoch, steps_done)
         with self._saving():
-            path = self.keeper.save_interrupt(self._tensors(), meta)
+            # inside an accumulation cycle the partial gradient sum is part of the state
+            path = self.keeper.save_interrupt(self._tensors(mid_cycle=steps_done % self.accum != 0), meta)
         name = signal.Signals(self._stop_signal).name
         raise Interrupted(f"{name} received at epoch {epoch + 1}, step {steps_done}: saved resumable checkpoint "
                           f"{path}; continue with --resume {self.run_dir}")

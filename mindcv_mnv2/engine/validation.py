@@ -67,7 +67,7 @@ def validate(cfg: Config, use_ema: bool = True, output_json: Optional[str] = Non
                               f"has {folders} class folders; score it on data with the classes it was trained on")
     metrics = evaluate(forward, loader, dist, desc="validate")
     metrics.update({"checkpoint": os.path.abspath(cfg.ckpt_path), "model": cfg.model, "image_size": cfg.image_resize,
-                    "split": cfg.val_split})
+                    "split": cfg.val_split, "preprocessing": builders.eval_facts(cfg)})
     if dist.is_main:
         log.info(describe(metrics, os.path.basename(cfg.ckpt_path)))
         if output_json:

@@ -12,6 +12,7 @@ rounding (tests/test_fast_depthwise.py). Ascend and GPU keep their native kernel
 The cache is ``$MINDCV_MNV2_CACHE`` or ``$XDG_CACHE_HOME/mindcv_mnv2`` (default
 ``~/.cache/mindcv_mnv2``); the library name hashes the source, the compiler and this CPU's
 model and flags, because ``-march=native`` code may not run on another CPU sharing the directory.
+``$MINDCV_MNV2_MARCH`` overrides ``-march`` (and is part of the name).
 """
 from __future__ import annotations
 
@@ -27,6 +28,10 @@ from typing import Optional, Tuple
 
 SOURCE = Path(__file__).resolve().with_name("depthwise.cc")
 CHOICES = ("auto", "native", "aot")
+BUILD_TIMEOUT_S = 300.0  # a compile takes ~10 s; past this the compiler is taken to hang
+# -march of the build: this CPU's own instructions unless MINDCV_MNV2_MARCH names a target
+# (e.g. x86-64 or x86-64-v2: baseline code, to check results do not depend on AVX2/AVX-512).
+MARCH_ENV = "MINDCV_MNV2_MARCH"
 
 log = logging.getLogger("mindcv_mnv2")
 
@@ -62,15 +67,25 @@ def _compiler() -> str:
     return cxx
 
 
+def _march() -> str:
+    march = os.environ.get(MARCH_ENV, "native").strip() or "native"
+    if not all(c.isalnum() or c in "-_.+" for c in march):
+        raise KernelBuildError(f"{MARCH_ENV}={march!r} is not a -march target name (e.g. native, x86-64, "
+                               f"x86-64-v3); unset it to build for this CPU")
+    return march
+
+
 @lru_cache(maxsize=None)
 def build_library() -> Path:
     """Compile depthwise.cc for this machine once (cached on disk); the shared library's path."""
     cxx = _compiler()
+    march = _march()
     try:
         version = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=60).stdout
     except (OSError, subprocess.SubprocessError) as exc:
         raise KernelBuildError(f"{cxx} --version failed ({exc}); set depthwise_kernel: native") from None
-    key = hashlib.sha256(SOURCE.read_bytes() + version.encode() + _cpu_signature().encode()).hexdigest()[:16]
+    key = hashlib.sha256(SOURCE.read_bytes() + version.encode() + _cpu_signature().encode()
+                         + march.encode()).hexdigest()[:16]
     out_dir = cache_dir()
     lib = out_dir / f"libmnv2_depthwise_{key}.so"
     if lib.exists():
@@ -83,10 +98,10 @@ def build_library() -> Path:
     except OSError as exc:
         raise KernelBuildError(f"cannot write the kernel cache {out_dir} ({exc.strerror}): set MINDCV_MNV2_CACHE "
                                f"to a writable directory, or set depthwise_kernel: native") from None
-    cmd = [cxx, "-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", str(SOURCE), "-o", tmp]
+    cmd = [cxx, "-O3", f"-march={march}", "-fopenmp", "-shared", "-fPIC", str(SOURCE), "-o", tmp]
     try:
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
         except (OSError, subprocess.SubprocessError) as exc:  # e.g. a compiler that hangs past the timeout
             raise KernelBuildError(f"building the fast depthwise kernel failed ({exc}); set depthwise_kernel: "
                                    f"native to skip it") from None
