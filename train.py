@@ -5,14 +5,7 @@
 """
 import sys
 
-from mindcv_mnv2.cli import run
-
-
-def _train(cfg, extras):
-    from mindcv_mnv2.engine.trainer import train
-
-    return train(cfg)
-
+from mindcv_mnv2.cli import train_main
 
 if __name__ == "__main__":
-    sys.exit(run(sys.argv[1:], "train.py", _train))
+    sys.exit(train_main())

@@ -142,9 +142,23 @@ def photo_folder(per_class_train: int = 32, per_class_val: int = 10, classes: in
     return root
 
 
-def fashion_folder() -> Optional[Path]:
-    """data/fashion_mnist if it has been prepared (python -m mindcv_mnv2.tools.prepare_fashion_mnist)."""
-    return FASHION if (FASHION / "train").is_dir() else None
+def fashion_folder(quick: bool = False) -> Optional[Path]:
+    """data/fashion_mnist if it has been prepared (python -m mindcv_mnv2.tools.prepare_fashion_mnist);
+    for --quick runs without it, a 1,024-image subset prepared once into the bench cache."""
+    if (FASHION / "train").is_dir():
+        return FASHION
+    if not quick:
+        return None
+    sub = CACHE / "fashion_mnist_1k"
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))  # the project is used from the repository, not installed
+    try:
+        from mindcv_mnv2.tools.prepare_fashion_mnist import prepare_fashion_mnist
+
+        prepare_fashion_mnist(str(sub), limit_train=1024, limit_val=100, workers=1)
+    except (OSError, ValueError):  # the Debian package dataset-fashion-mnist is not installed
+        return None
+    return sub
 
 
 # ----------------------------------------------------------------------------- processes

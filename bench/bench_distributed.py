@@ -35,7 +35,7 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--reps", type=int, default=3)
     args = ap.parse_args(argv)
-    fm = fashion_folder()
+    fm = fashion_folder(quick=args.quick)
     mpirun = Path(PROJECT_PY).parent / "mpirun"
     if fm is None or not mpirun.exists():
         print("needs data/fashion_mnist (python -m mindcv_mnv2.tools.prepare_fashion_mnist) and .venv/bin/mpirun",

@@ -41,6 +41,8 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 import numpy as np
 
+from .constants import DEFAULT_DROP_RATE, WIDTHS
+
 META_KEY = "mnv2_meta"
 FORMAT = "mindcv_mnv2/1"
 _CRC_MARK = b"crc_num"
@@ -58,12 +60,11 @@ TRAINING_STATE_NAMES = frozenset({
     "beta1_power", "beta2_power", "global_step", "learning_rate", "momentum", "scale_sense",
     "loss_scale", "epoch_num", "step_num", "current_iterator_step", "last_overflow_iterator_step",
     META_KEY})
-# Widths whose networks load_model can recognise from tensor shapes.
-KNOWN_WIDTHS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
+# Widths whose networks load_model can recognise from tensor shapes: the registry's.
+KNOWN_WIDTHS = tuple(WIDTHS.values())
 
 
-class CheckpointError(ValueError):
-    """A checkpoint cannot be written, read or loaded; the message names the file and the fix."""
+from .errors import CheckpointError  # noqa: E402,F401  (raised here; re-exported)
 
 
 # ----------------------------------------------------------------------------- writing
@@ -302,7 +303,7 @@ def load_weights(net, source: Any, strict: bool = True, drop_classifier: bool = 
 
 
 def load_pretrained(net, path: str, use_ema: bool = True) -> Dict[str, List[str]]:
-    """Strict load for create_model(pretrained_ckpt=...): a different class count drops the head."""
+    """Strict load of pretrained weights into ``net``: a different class count drops the head (fine-tuning)."""
     tensors = read_checkpoint(path)[0]
     state = extract_model_state(tensors, use_ema)
     w = state.get("classifier.1.weight")
@@ -392,7 +393,7 @@ def model_meta(name: str, model_kwargs: Mapping[str, Any], class_names: Optional
 
     spec = get_spec(name)
     kwargs = {"width_mult": spec.width_mult, "num_classes": 1000, "in_channels": 3,
-              "padding": "symmetric", "drop_rate": 0.2}
+              "padding": "symmetric", "drop_rate": DEFAULT_DROP_RATE}
     kwargs.update(dict(model_kwargs))
     names = list(class_names) if class_names is not None else None
     if names is not None and len(names) != int(kwargs["num_classes"]):
@@ -426,7 +427,7 @@ def load_model(path: str, use_ema: bool = True, **overrides: Any):
         name = next(n for n, s in REGISTRY.items() if s.width_mult == kwargs["width_mult"])
         # A foreign (e.g. MindCV) file: describe what was inferred, with the registry's eval facts.
         meta = {**model_meta(name, kwargs), **meta, "format": "foreign", "inferred": True}
-        meta["model_kwargs"]["drop_rate"] = 0.2
+        meta["model_kwargs"]["drop_rate"] = DEFAULT_DROP_RATE
         if "global_step" in tensors:
             meta.setdefault("global_step", int(np.asarray(tensors["global_step"]).reshape(-1)[0]))
     kwargs.update(overrides)

@@ -13,21 +13,18 @@ import difflib
 import math
 import os
 import re
-import sys
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import yaml
 
+from .constants import (AUTO_AUGMENT_PREFIXES, DEFAULT_CROP_PCT, DEFAULT_DROP_RATE, DEFAULT_INTERPOLATION,
+                        DEPTHWISE_KERNELS, INTERPOLATIONS, OPTIMIZERS, OUTPUT_STRIDES, PADDINGS, SCHEDULERS,
+                        WEIGHT_DECAY_FILTERS)
 
-OPTIMIZERS = ("momentum", "sgd", "rmsprop", "adam", "adamw")
-SCHEDULERS = ("constant", "cosine_decay", "exponential_decay", "step_decay", "multi_step_decay")
-AUTO_AUGMENT_PREFIXES = ("randaug", "autoaug", "autoaugr", "trivialaugwide")
 
-
-class ConfigError(ValueError):
-    """A user mistake in a recipe or on the command line; the message names key and fix."""
+from .errors import ConfigError  # noqa: F401  (raised here; re-exported for callers)
 
 
 def _f(default: Any, comment: str, choices: Optional[Sequence[Any]] = None) -> Any:
@@ -72,8 +69,8 @@ class Config:
     vflip: float = _f(0.0, "vertical flip probability [data.create_transforms]")
     color_jitter: Optional[float] = _f(0.4, "brightness/contrast/saturation jitter; None or 0 = off; "
                                             "ignored when auto_augment is set [data.create_transforms]")
-    interpolation: Optional[str] = _f(None, "resize interpolation (None = the model's default, bilinear) "
-                                            "[data.create_transforms]", (None, "bilinear", "bicubic", "nearest", "area"))
+    interpolation: Optional[str] = _f(None, f"resize interpolation (None = the model's default, {DEFAULT_INTERPOLATION}) "
+                                            "[data.create_transforms]", (None, *INTERPOLATIONS))
     auto_augment: Optional[str] = _f(None, "randaug-m9-mstd0.5 / autoaug / autoaugr / trivialaugwide policy "
                                            "[data.create_transforms]")
     aug_splits: int = _f(0, "AugMix splits (MindCV key; only 0 supported here)")
@@ -87,7 +84,7 @@ class Config:
     std: Optional[Tuple[float, float, float]] = _f(None, "per-channel std on 0-255 pixels (None = the model's) "
                                                          "[data.create_transforms]")
     crop_pct: Optional[float] = _f(None, "val: resize shorter side to image_resize/crop_pct, then center-crop "
-                                         "(None = the model's, 0.875) [data.create_transforms]")
+                                         f"(None = the model's, {DEFAULT_CROP_PCT}) [data.create_transforms]")
     inception_crop: bool = _f(False, "TF-slim/Inception val preprocessing: central crop of crop_pct of the image, "
                                      "then resize (instead of resize-then-crop) [data.create_transforms]")
     mixup: float = _f(0.0, "mixup beta-distribution alpha; 0 = off [data.create_loader]")
@@ -97,19 +94,20 @@ class Config:
 
     # ---- model -------------------------------------------------------------------------
     model: str = _f("mobilenet_v2_035_224", "registered model name, e.g. mobilenet_v2_075 [models.create_model]")
-    num_classes: Optional[int] = _f(None, "classes; None = number of class folders (train) or the checkpoint's "
-                                          "(validate) [models.create_model]")
+    num_classes: Optional[int] = _f(None, "classes; None = the number of class folders (train) or the checkpoint's "
+                                          "(validate); when set, a check against them [engine.builders]")
     in_channels: int = _f(3, "input image channels [models.create_model]")
-    drop_rate: Optional[float] = _f(None, "dropout before the classifier (None = 0.2) [models.create_model]")
+    drop_rate: Optional[float] = _f(None, f"dropout before the classifier (None = {DEFAULT_DROP_RATE}) "
+                                          "[models.create_model]")
     drop_path_rate: Optional[float] = _f(None, "stochastic depth (MindCV key; not part of MobileNetV2, must be None/0)")
     output_stride: int = _f(32, "network stride: 16 or 8 keep later feature maps larger with dilation (same "
-                                "parameters; for small images and dense tasks) [models.create_model]", (8, 16, 32))
+                                "parameters; for small images and dense tasks) [models.create_model]", OUTPUT_STRIDES)
     padding: str = _f("symmetric", "symmetric (MindCV/torchvision) or tf_same (TensorFlow/Keras weights) "
-                                   "[models.create_model]", ("symmetric", "tf_same"))
+                                   "[models.create_model]", PADDINGS)
     depthwise_kernel: str = _f("auto", "depthwise 3x3 conv: aot = the project's C++ CPU kernel (built once with g++; "
                                        "~2x faster CPU training, same results to float rounding), native = "
                                        "nn.Conv2d, auto = aot on CPU, native elsewhere [ops.apply_depthwise_kernel]",
-                               ("auto", "native", "aot"))
+                               DEPTHWISE_KERNELS)
     pretrained: bool = _f(False, "initialise from ckpt_path (nothing is downloaded) [checkpoint.load_weights]")
     ckpt_path: str = _f("", "checkpoint to initialise from, or to score in validate.py [checkpoint.load_weights]")
     resume_opt: bool = _f(False, "with ckpt_path: also restore optimizer, EMA, epoch and step [engine.trainer]")
@@ -135,7 +133,7 @@ class Config:
     weight_decay: float = _f(1e-6, "L2 weight decay [optim.create_optimizer]")
     use_nesterov: bool = _f(False, "Nesterov momentum [optim.create_optimizer]")
     weight_decay_filter: str = _f("disable", "disable: decay all; auto / norm_and_bias: no decay on BN and biases "
-                                             "[optim.create_optimizer]", ("disable", "auto", "norm_and_bias"))
+                                             "[optim.create_optimizer]", WEIGHT_DECAY_FILTERS)
     eps: float = _f(1e-10, "optimizer epsilon (rmsprop, adam) [optim.create_optimizer]")
     rmsprop_decay: float = _f(0.9, "RMSProp moving-average decay (TF's 'decay'/rho) [optim.create_optimizer]")
 
@@ -391,6 +389,15 @@ def read_yaml(path: str) -> Dict[str, Any]:
     return data
 
 
+def _read_recipe(path: str) -> Dict[str, Any]:
+    """A recipe file's keys, checked against the schema and with legacy spellings translated."""
+    data = read_yaml(path)
+    for k in data:
+        if k not in FIELDS and k not in LEGACY_KEYS:
+            raise ConfigError(f"{path}: unknown key '{k}'{_suggest(k)}")
+    return _translate_legacy(data)
+
+
 # ---------------------------------------------------------------------------------------
 # command line
 def _flag_type(key: str) -> Tuple[Optional[str], Callable[[str], Any]]:
@@ -447,14 +454,8 @@ def parse_args(argv: Sequence[str], prog: str = "train.py",
         key = bad.lstrip("-").split("=")[0]
         hint = _suggest(key) if bad.startswith("-") else "; values must follow a --key flag"
         raise ConfigError(f"command line: unknown argument '{bad}'{hint}")
-    values: Dict[str, Any] = {}
     cfg_path = getattr(ns, "config", None)
-    if cfg_path:
-        for k in read_yaml(cfg_path):
-            if k not in FIELDS and k not in LEGACY_KEYS:
-                raise ConfigError(f"{cfg_path}: unknown key '{k}'{_suggest(k)}")
-        values.update(read_yaml(cfg_path))
-    values = _translate_legacy(values)
+    values = _read_recipe(cfg_path) if cfg_path else {}
     values.update(_translate_legacy({k: v for k, v in vars(ns).items() if k in FIELDS or k in LEGACY_KEYS}))
     cfg = build_config(values, source=cfg_path or "command line")
     if model_defaults is not None:
@@ -477,19 +478,7 @@ def resolve_model_defaults(cfg: Config, model_defaults: Callable[[str], Mapping[
 def load_config(path: Optional[str] = None, overrides: Optional[Mapping[str, Any]] = None,
                 model_defaults: Optional[Callable[[str], Mapping[str, Any]]] = None) -> Config:
     """Python API: defaults < YAML file < overrides, validated."""
-    values: Dict[str, Any] = {}
-    if path:
-        data = read_yaml(path)
-        for k in data:
-            if k not in FIELDS and k not in LEGACY_KEYS:
-                raise ConfigError(f"{path}: unknown key '{k}'{_suggest(k)}")
-        values.update(data)
-    values = {**_translate_legacy(values), **_translate_legacy(overrides or {})}
+    values = {**(_read_recipe(path) if path else {}), **_translate_legacy(overrides or {})}
     cfg = build_config(values, source=path or "overrides")
     return resolve_model_defaults(cfg, model_defaults) if model_defaults else cfg
 
-
-def fail(exc: BaseException, prog: str) -> int:
-    """Print one clear error line for a user mistake and return the exit status 2."""
-    print(f"{prog}: error: {exc}", file=sys.stderr)
-    return 2

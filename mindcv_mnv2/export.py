@@ -34,8 +34,7 @@ FORMATS = {"MINDIR": ".mindir", "ONNX": ".onnx"}
 META_KEY = "mindcv_mnv2"
 
 
-class ExportError(ValueError):
-    """A bad export request (format, sizes, output path); the message names the fix."""
+from .errors import ExportError  # noqa: E402,F401  (raised here; re-exported)
 
 
 def _check_request(fmt: str, image_size: Optional[int], batch_size: int) -> str:

@@ -30,8 +30,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".
 _WNID = re.compile(r"^n\d{8}$")
 
 
-class PredictError(ValueError):
-    """A bad prediction request (labels, paths, sizes); the message names the culprit and fix."""
+from .errors import PredictError  # noqa: E402,F401  (raised here; re-exported)
 
 
 # ----------------------------------------------------------------------------- labels

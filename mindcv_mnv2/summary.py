@@ -16,12 +16,13 @@ import json
 import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from .constants import EVAL_SIZES, OUTPUT_STRIDES, WIDTHS
 from .models.mobilenetv2 import block_plan, make_divisible, param_shapes
 
 __all__ = ["model_summary", "layer_table", "main", "SUMMARY_WIDTHS", "SUMMARY_SIZES"]
 
-SUMMARY_WIDTHS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
-SUMMARY_SIZES = (96, 128, 160, 192, 224)
+SUMMARY_WIDTHS = tuple(WIDTHS.values())
+SUMMARY_SIZES = tuple(sorted(EVAL_SIZES))
 
 
 def _out_size(size: int, kernel: int, stride: int, dilation: int, padding: str) -> int:
@@ -105,7 +106,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--model", default="mobilenet_v2_100", help="registry name (default mobilenet_v2_100)")
     ap.add_argument("--image_size", type=int, default=None, help="input size (default: the model's)")
     ap.add_argument("--num_classes", type=int, default=1000)
-    ap.add_argument("--output_stride", type=int, default=32, choices=(8, 16, 32))
+    ap.add_argument("--output_stride", type=int, default=32, choices=OUTPUT_STRIDES)
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     ap.add_argument("--all", action="store_true", help="table of every width x resolution")
     args = ap.parse_args(argv)

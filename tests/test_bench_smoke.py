@@ -134,7 +134,10 @@ def test_eval_quick():
     data = _quick("bench_eval.py")
     case = data["cases"][0]
     assert _positive(case["mindspore_evalnet"]["img_per_s"]) and _positive(case["onnxruntime"]["img_per_s"])
-    assert case["max_abs_diff"] <= 1e-4 * max(1.0, case["logit_scale"])
+    assert case["logit_scale"] > 0.1  # informative logits (the script calibrates BN and scales the head)
+    # float32 through ~50 layers in two runtimes: measured ~1e-6 of the logit scale; 1e-4 is room, a
+    # layer out of place is ~1
+    assert case["max_abs_diff"] <= 1e-4 * case["logit_scale"]
 
 
 def test_latency_quick():
@@ -157,8 +160,8 @@ def test_distributed_quick():
     """mpirun -n 2 and one process both train the demo recipe; global throughput recorded for both."""
     import _common
 
-    if _common.fashion_folder() is None:
-        pytest.skip("data/fashion_mnist not prepared (python -m mindcv_mnv2.tools.prepare_fashion_mnist)")
+    if _common.fashion_folder(quick=True) is None:
+        pytest.skip("Fashion-MNIST IDX files are not installed (apt-get install dataset-fashion-mnist)")
     data = _quick("bench_distributed.py", timeout=400)
     for launch in ("1 process", "mpirun -n 2"):
         assert data["summary"][launch]["exits"] == [0] and _positive(data["summary"][launch]["img_per_s"]), launch

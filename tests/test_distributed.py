@@ -231,7 +231,7 @@ def test_launcher_detection_and_standalone_under_a_launcher(monkeypatch):
 
 
 def test_scheduler_address():
-    from mindcv_mnv2.tools.mpi_bootstrap import scheduler_host
+    from mindcv_mnv2.distributed.mpi_bootstrap import scheduler_host
 
     env = {k: v for k, v in os.environ.items() if k != "MS_SCHED_HOST"}
     with pytest.MonkeyPatch.context() as mp:

@@ -107,32 +107,46 @@ class _LossAndGrads(nn.Cell):
 
 
 def test_training_gradients_match_native_kernel(graph):
-    """Graph mode, BN in training mode: loss and every parameter's gradient agree with the native kernel.
+    """Graph mode, BN in training mode: loss and every parameter's gradient agree with the native kernel
+    to within the native kernel's own rounding noise.
 
     A comparison of weights after several SGD steps would not be honest here: on a batch this small
     a 1e-6 relative change of one weight already changes the third step's loss by ~10% (measured),
     so rounding differences are amplified whatever the kernel. One step's gradients are not.
     """
     rng = np.random.default_rng(1)
-    x = ms.Tensor(rng.standard_normal((8, 3, 48, 48)).astype(np.float32))
-    y = ms.Tensor(rng.integers(0, 10, 8).astype(np.int32))
-    results = {}
-    for kernel in ("native", "aot"):
+    x = rng.standard_normal((8, 3, 48, 48)).astype(np.float32)
+    y = rng.integers(0, 10, 8).astype(np.int32)
+    perm = rng.permutation(8)
+
+    def run(kernel, order):
         ms.set_seed(0)
         net = create_model("mobilenet_v2_035", num_classes=10)
         if kernel == "aot":
             swap_depthwise(net)
         net.set_train(True)
         step = _LossAndGrads(net)
-        loss, grads = step(x, y)
-        results[kernel] = (float(loss.asnumpy()), {p.name: g.asnumpy() for p, g in zip(step.weights, grads)})
-    (l_native, g_native), (l_aot, g_aot) = results["native"], results["aot"]
+        loss, grads = step(ms.Tensor(x[order]), ms.Tensor(y[order]))
+        return float(loss.asnumpy()), {p.name: g.asnumpy() for p, g in zip(step.weights, grads)}
+
+    l_native, g_native = run("native", np.arange(8))
+    l_aot, g_aot = run("aot", np.arange(8))
+    # The same batch in another order: mathematically the same loss and gradients (BN statistics and
+    # the mean loss are order-free), so what changes is the native kernels' own float32 rounding.
+    _, g_perm = run("native", perm)
     assert l_aot == pytest.approx(l_native, rel=1e-5)
     assert g_aot.keys() == g_native.keys() and len(g_native) == 158
-    scale = max(np.abs(g).max() for g in g_native.values())
+    scale = max(np.linalg.norm(g) for g in g_native.values())
     for name, want in g_native.items():
-        # BN shifts feeding another training-mode BN have a true gradient of ~0: compare those absolutely
-        np.testing.assert_allclose(g_aot[name], want, rtol=2e-3, atol=1e-4 * scale, err_msg=name)
+        err = np.linalg.norm(g_aot[name] - want)
+        noise = np.linalg.norm(g_perm[name] - want)
+        # Per parameter, so a layer with small gradients is checked as strictly as a large one. Where
+        # the summed terms cancel (BN gammas before a depthwise conv: 1e-5 of the largest gradient norm)
+        # rounding is large relative to the result, and the noise floor measured above says by how much.
+        # 4x that floor, plus 1e-8 of the largest gradient for exact zeros, admits a different summation
+        # order and nothing else: a wrong tap or stride is ~1e4 times the floor.
+        # (measured: the C++ kernel's difference is at most 0.96 of the floor, unset / SSE41 / x86-64)
+        assert err <= 4 * noise + 1e-8 * scale, (name, err, noise, np.linalg.norm(want))
 
 
 def test_resolution_per_device():
@@ -209,6 +223,7 @@ def test_compiler_that_fails_or_hangs(body, needle, tmp_path, monkeypatch):
 def test_march_override_builds_a_separate_baseline_library(tmp_path, monkeypatch):
     """MINDCV_MNV2_MARCH=x86-64 builds baseline code under its own name; a bad value is one clear error."""
     monkeypatch.setenv("MINDCV_MNV2_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("MINDCV_MNV2_MARCH", raising=False)  # the suite may itself run on a baseline build
     build_library.cache_clear()
     try:
         native = build_library()

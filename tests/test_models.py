@@ -263,15 +263,18 @@ def test_create_model_by_name_and_kwargs():
         create_model("mobilenet_v2_100", width_mult=0.5)
 
 
-def test_create_model_pretrained_drops_classifier_with_warning(mindcv_fixtures, capsys):
+def test_load_pretrained_drops_classifier_with_warning(mindcv_fixtures, capsys):
+    from mindcv_mnv2.checkpoint import load_pretrained, read_checkpoint
+
     ckpt = str(mindcv_fixtures / "mindcv_mobilenet_v2_035_trained.ckpt")
-    net = create_model("mobilenet_v2_035", num_classes=10, pretrained_ckpt=ckpt)
+    net = create_model("mobilenet_v2_035", num_classes=10)
+    load_pretrained(net, ckpt)
     assert "1000 classes" in capsys.readouterr().out
-    from mindcv_mnv2.checkpoint import read_checkpoint
     tensors = read_checkpoint(ckpt)[0]
     np.testing.assert_array_equal(net.features[0].weight.asnumpy(), tensors["features.0.weight"])
     assert net.classifier[1].weight.shape == (10, 1280)
-    same = create_model("mobilenet_v2_035", pretrained_ckpt=ckpt)
+    same = create_model("mobilenet_v2_035")
+    load_pretrained(same, ckpt)
     np.testing.assert_array_equal(same.classifier[1].weight.asnumpy(), tensors["classifier.1.weight"])
 
 

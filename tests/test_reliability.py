@@ -36,18 +36,9 @@ def fm(tmp_path_factory):
 
 def run_cli(prog, argv, capsys):
     """Run train.py / validate.py in this process; returns (status, stderr)."""
-    sys.path.insert(0, str(ROOT))
-    try:
-        import train as train_entry
-        import validate as validate_entry
-    finally:
-        sys.path.pop(0)
-    from mindcv_mnv2.cli import run
+    from mindcv_mnv2.cli import train_main, validate_main
 
-    if prog == "train.py":
-        status = run(argv, prog, train_entry._train)
-    else:
-        status = run(argv, prog, validate_entry._validate, extra=validate_entry._flags)
+    status = (train_main if prog == "train.py" else validate_main)(argv, prog)
     return status, capsys.readouterr().err
 
 

@@ -3,7 +3,6 @@ checkpoints a run keeps (keep_checkpoint_max, latest_k / top_k)."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -67,17 +66,12 @@ def test_mindcv_checkpoint_without_state_is_refused(strip, needle, thousand_clas
     tensors, _ = read_checkpoint(str(MINDCV_CKPT))
     bad = tmp_path / "stripped.ckpt"
     save_checkpoint(str(bad), {k: v for k, v in tensors.items() if not k.startswith(strip)})
-    sys.path.insert(0, str(ROOT))
-    try:
-        import train as train_entry
-    finally:
-        sys.path.pop(0)
-    from mindcv_mnv2.cli import run
+    from mindcv_mnv2.cli import train_main
 
     argv = ["--model", "mobilenet_v2_035", "--device_target", "CPU", "--data_dir", str(thousand_classes),
             "--image_resize", "32", "--batch_size", "100", "--opt", "momentum", "--ckpt_path", str(bad),
             "--resume_opt", "True", "--ckpt_save_dir", str(tmp_path / "run")]
-    status = run(argv, "train.py", train_entry._train)
+    status = train_main(argv, "train.py")
     err = capsys.readouterr().err
     assert status == 2 and needle in err and "stripped.ckpt" in err, err
     assert len(err.strip().splitlines()) == 1, err

@@ -50,8 +50,7 @@ _UNSUPPORTED_SIGNATURES: Tuple[Tuple[bytes, str], ...] = (
 )
 
 
-class DataError(ValueError):
-    """A user-facing data problem; the message names the path and the fix."""
+from ..errors import DataError  # noqa: E402,F401  (raised here; re-exported)
 
 
 @dataclass

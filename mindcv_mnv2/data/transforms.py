@@ -33,13 +33,10 @@ from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from ..constants import AUTO_AUGMENT_PREFIXES, DEFAULT_CROP_PCT, IMAGENET_MEAN, IMAGENET_STD
 from .folder import DataError
 
 log = logging.getLogger("mindcv_mnv2")
-
-IMAGENET_MEAN: Tuple[float, float, float] = (123.675, 116.28, 103.53)
-IMAGENET_STD: Tuple[float, float, float] = (58.395, 57.12, 57.375)
-DEFAULT_CROP_PCT = 0.875
 AUTO_AUGMENT_FORMS = ("randaug-m9-n2[-mstd0.5]", "autoaug", "autoaugr", "trivialaugwide")
 
 
@@ -65,7 +62,7 @@ def parse_auto_augment(policy: str) -> Tuple[str, dict]:
     parts = str(policy).strip().lower().split("-")
     kind, opts = parts[0], parts[1:]
     params: dict = {}
-    if kind not in ("randaug", "autoaug", "autoaugr", "trivialaugwide"):
+    if kind not in AUTO_AUGMENT_PREFIXES:
         raise DataError(f"auto_augment '{policy}' is not a known policy; use one of {', '.join(AUTO_AUGMENT_FORMS)} "
                         f"or leave it unset")
     for opt in opts:

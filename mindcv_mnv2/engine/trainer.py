@@ -24,12 +24,7 @@ from .evaluator import EvalNet, describe, evaluate
 from .train_step import AccumulateStep
 from .progress import MetricsWriter, format_eta, progress_bar, setup_logging
 
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN/Inf; the message names the step and the last good checkpoint."""
-
-
-class Interrupted(RuntimeError):
-    """SIGINT/SIGTERM arrived; a resumable checkpoint was written."""
+from ..errors import Interrupted, TrainingDiverged  # noqa: F401  (raised here; re-exported)
 
 
 def train(cfg: Config) -> Dict[str, Any]:

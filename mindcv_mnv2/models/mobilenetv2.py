@@ -36,6 +36,8 @@ import mindspore as ms
 from mindspore import nn, ops
 from mindspore.common.initializer import Normal
 
+from ..constants import DEFAULT_DROP_RATE, OUTPUT_STRIDES, PADDINGS
+
 __all__ = ["MobileNetV2", "MobileNetV2Features", "make_divisible", "block_plan", "param_shapes",
            "INVERTED_RESIDUAL_SETTING", "DEFAULT_OUT_INDICES"]
 
@@ -52,8 +54,6 @@ INVERTED_RESIDUAL_SETTING: Tuple[Tuple[int, int, int, int], ...] = (
 )
 
 DEFAULT_OUT_INDICES: Tuple[int, ...] = (5, 8, 15, 19)
-PADDINGS = ("symmetric", "tf_same")
-OUTPUT_STRIDES = (8, 16, 32)
 
 
 def make_divisible(v: float, divisor: int = 8, min_value: int | None = None) -> int:
@@ -184,7 +184,7 @@ class MobileNetV2(nn.Cell):
     """MobileNetV2 classifier; parameter names and numerics identical to MindCV's."""
 
     def __init__(self, width_mult: float = 1.0, num_classes: int = 1000, in_channels: int = 3,
-                 drop_rate: float = 0.2, padding: str = "symmetric", output_stride: int = 32,
+                 drop_rate: float = DEFAULT_DROP_RATE, padding: str = "symmetric", output_stride: int = 32,
                  round_nearest: int = 8) -> None:
         super().__init__()
         _check_args(width_mult, num_classes, in_channels, drop_rate, padding, output_stride)

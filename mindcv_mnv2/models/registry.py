@@ -6,11 +6,10 @@ recipe says otherwise; ``_224`` is an alias of the bare name (MindCV spells both
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Dict, List, Tuple
 
-IMAGENET_MEAN = (123.675, 116.28, 103.53)  # 0-255 scale, RGB
-IMAGENET_STD = (58.395, 57.12, 57.375)
+from ..constants import DEFAULT_CROP_PCT, DEFAULT_INTERPOLATION, EVAL_SIZES, IMAGENET_MEAN, IMAGENET_STD, WIDTHS
 
 
 @dataclass(frozen=True)
@@ -20,8 +19,8 @@ class ModelSpec:
     name: str
     width_mult: float
     image_size: int = 224
-    crop_pct: float = 0.875
-    interpolation: str = "bilinear"
+    crop_pct: float = DEFAULT_CROP_PCT
+    interpolation: str = DEFAULT_INTERPOLATION
     mean: Tuple[float, float, float] = IMAGENET_MEAN
     std: Tuple[float, float, float] = IMAGENET_STD
 
@@ -31,17 +30,14 @@ class ModelSpec:
                 "interpolation": self.interpolation, "mean": self.mean, "std": self.std}
 
 
-_WIDTHS = {"035": 0.35, "050": 0.5, "075": 0.75, "100": 1.0, "130": 1.3, "140": 1.4}
-_SIZES = (224, 192, 160, 128, 96)  # the TF-slim / MindCV resolution grid
-
 # Explicit: every width at every size of the published grid (TF-slim's 22 checkpoints plus 1.3/1.4 @ 224).
 REGISTRY: Dict[str, ModelSpec] = {}
-for _tag, _w in _WIDTHS.items():
-    for _s in _SIZES if _w <= 1.0 else (224,):
+for _tag, _w in WIDTHS.items():
+    for _s in EVAL_SIZES if _w <= 1.0 else (224,):
         _name = f"mobilenet_v2_{_tag}" if _s == 224 else f"mobilenet_v2_{_tag}_{_s}"
         REGISTRY[_name] = ModelSpec(_name, _w, image_size=_s)
 
-ALIASES = {f"mobilenet_v2_{tag}_224": f"mobilenet_v2_{tag}" for tag in _WIDTHS}
+ALIASES = {f"mobilenet_v2_{tag}_224": f"mobilenet_v2_{tag}" for tag in WIDTHS}
 
 
 def list_models() -> List[str]:
@@ -64,7 +60,3 @@ def model_defaults(name: str) -> Dict[str, Any]:
     """Evaluation facts of a model name, for filling recipe keys left unset."""
     return get_spec(name).eval_facts()
 
-
-def spec_dict(name: str) -> Dict[str, Any]:
-    """JSON-friendly description of a registry entry."""
-    return asdict(get_spec(name))

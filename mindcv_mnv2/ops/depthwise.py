@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Optional, Tuple
 
 SOURCE = Path(__file__).resolve().with_name("depthwise.cc")
-CHOICES = ("auto", "native", "aot")
+from ..constants import DEPTHWISE_KERNELS as CHOICES  # noqa: E402
 BUILD_TIMEOUT_S = 300.0  # a compile takes ~10 s; past this the compiler is taken to hang
 # -march of the build: this CPU's own instructions unless MINDCV_MNV2_MARCH names a target
 # (e.g. x86-64 or x86-64-v2: baseline code, to check results do not depend on AVX2/AVX-512).
@@ -36,8 +36,7 @@ MARCH_ENV = "MINDCV_MNV2_MARCH"
 log = logging.getLogger("mindcv_mnv2")
 
 
-class KernelBuildError(RuntimeError):
-    """The C++ depthwise kernel could not be compiled or loaded."""
+from ..errors import KernelBuildError  # noqa: F401  (raised here; re-exported)
 
 
 def cache_dir() -> Path:

@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-SCHEDULERS = ("constant", "cosine_decay", "exponential_decay", "step_decay", "multi_step_decay")
+from ..constants import SCHEDULERS
 
 
 def epochs_to_steps(epochs: float, steps_per_epoch: int) -> int:

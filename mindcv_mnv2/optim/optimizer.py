@@ -7,8 +7,8 @@ import numpy as np
 from mindspore import Parameter, Tensor, nn
 from mindspore.ops import functional as F
 
-OPTIMIZERS = ("momentum", "sgd", "rmsprop", "adam", "adamw")
-WD_FILTERS = ("disable", "auto", "norm_and_bias")
+from ..constants import OPTIMIZERS
+from ..constants import WEIGHT_DECAY_FILTERS as WD_FILTERS
 
 
 def _is_norm(p: Parameter) -> bool:

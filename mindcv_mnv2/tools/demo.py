@@ -25,7 +25,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--limit_val", type=int, default=None)
     args = p.parse_args(argv)
 
-    from ..cli import run
+    from ..cli import train_main, validate_main
     from .prepare_fashion_mnist import prepare_fashion_mnist
 
     t0 = time.time()
@@ -42,18 +42,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.epochs:
         train_argv += ["--epoch_size", str(args.epochs), "--decay_epochs", str(max(args.epochs - 0.1, 0.1))]
     print(f"[2/3] training (run directory {run_dir})", flush=True)
-    import train as train_entry  # noqa: E402  (the repository's own train.py)
-
-    status = run(train_argv, "train.py", train_entry._train)
+    status = train_main(train_argv, "train.py")
     if status:
         return status
     best = os.path.join(run_dir, "mobilenet_v2_035_best.ckpt")
     print(f"[3/3] validating {best} on the 10,000 test images", flush=True)
-    import validate as validate_entry  # noqa: E402
-
     out_json = os.path.join(run_dir, "validate.json")
-    status = run(common + ["--ckpt_path", best, "--output_json", out_json], "validate.py",
-                 validate_entry._validate, extra=validate_entry._flags)
+    status = validate_main(common + ["--ckpt_path", best, "--output_json", out_json], "validate.py")
     if status:
         return status
     import json

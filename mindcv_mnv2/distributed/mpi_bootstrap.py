@@ -199,7 +199,7 @@ def bootstrap_cpu_cluster(start_timeout: float = 300.0) -> Tuple[int, int]:
 
     Returns (rank, world). Call ``mindspore.communication.init()`` afterwards.
     """
-    from ..distributed import DistributedError
+    from ..errors import DistributedError
 
     try:
         from mpi4py import MPI

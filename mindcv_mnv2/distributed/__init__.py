@@ -4,7 +4,7 @@ Launchers:
 
 - ``mpirun -n N python train.py ...`` (Open MPI, with mpi4py): on Ascend and GPU MindSpore's own
   mpirun support initialises the group; on CPU MindSpore needs its dynamic cluster, which
-  :mod:`mindcv_mnv2.tools.mpi_bootstrap` starts from the MPI world (a scheduler on rank 0).
+  :mod:`mindcv_mnv2.distributed.mpi_bootstrap` starts from the MPI world (a scheduler on rank 0).
 - ``msrun --worker_num N --local_worker_num N train.py ...``: MindSpore's launcher sets the
   dynamic-cluster variables itself. It also runs the script once as the scheduler
   (``MS_ROLE=MS_SCHED``); in that process ``init()`` serves the cluster and never returns.
@@ -18,9 +18,8 @@ from typing import Sequence
 
 import numpy as np
 
-
-class DistributedError(RuntimeError):
-    """A launch problem the user can fix (wrong launcher, missing environment)."""
+from ..errors import DistributedError  # noqa: F401  (raised here; re-exported)
+from .mpi_bootstrap import bootstrap_cpu_cluster
 
 
 @dataclass(frozen=True)
@@ -83,9 +82,7 @@ def init_distributed(enabled: bool, device_target: str, require_launcher: bool =
             return DistInfo()
         raise DistributedError("distribute is True but this process was not started by a launcher; " + LAUNCH_HELP)
     if launcher == "mpirun" and device_target == "CPU":
-        from .tools.mpi_bootstrap import bootstrap_cpu_cluster  # CPU needs MindSpore's dynamic cluster
-
-        bootstrap_cpu_cluster()
+        bootstrap_cpu_cluster()  # CPU needs MindSpore's dynamic cluster
     import mindspore as ms
     from mindspore.communication import get_group_size, get_rank, init
 
