@@ -39,6 +39,7 @@ def load_recipe(path: str, overrides) -> dict:
 def build_and_train(cfg: dict) -> dict:
     """Assemble MindCV's pipeline from cfg and train one epoch; timings."""
     import mindspore as ms
+    import numpy as np
     from mindspore.train import Callback
 
     from mindcv.data import create_dataset, create_loader, create_transforms
@@ -80,6 +81,15 @@ def build_and_train(cfg: dict) -> dict:
         name += "_224"
     network = create_model(model_name=name, num_classes=num_classes, in_channels=cfg.get("in_channels", 3),
                            pretrained=False)  # MindCV's MobileNetV2 takes no drop_rate
+    if cfg.get("drop_rate") == 0:  # a step-by-step comparison needs the same (no) dropout on both sides
+        from mindspore import nn
+
+        network.classifier[0] = nn.Identity()
+    if cfg.get("init_ckpt"):  # start from a given checkpoint (bench_vs_mindcv_steps.py: one init for both)
+        params = ms.load_checkpoint(cfg["init_ckpt"])
+        not_loaded, _ = ms.load_param_into_net(network, params, strict_load=True)
+        if not_loaded:
+            raise SystemExit(f"init_ckpt: {len(not_loaded)} parameters not loaded, e.g. {not_loaded[0]}")
     loss = create_loss(name=cfg.get("loss", "CE"), reduction=cfg.get("reduction", "mean"),
                        label_smoothing=cfg.get("label_smoothing", 0.0))
     lr = create_scheduler(steps, scheduler=cfg.get("scheduler", "cosine_decay"), lr=cfg.get("lr", 0.1),
@@ -100,7 +110,7 @@ def build_and_train(cfg: dict) -> dict:
 
         def __init__(self):
             super().__init__()
-            self.ends, self.t0, self.loss = [], None, None
+            self.ends, self.t0, self.loss, self.losses = [], None, None, []
 
         def on_train_begin(self, run_context):
             self.t0 = time.perf_counter()
@@ -109,6 +119,7 @@ def build_and_train(cfg: dict) -> dict:
             out = run_context.original_args().net_outputs
             out = out[0] if isinstance(out, (tuple, list)) else out
             self.loss = float(out.asnumpy())
+            self.losses.append(self.loss)
             self.ends.append(time.perf_counter())
 
     timer = StepTimes()
@@ -117,9 +128,12 @@ def build_and_train(cfg: dict) -> dict:
                   dataset_sink_mode=bool(cfg.get("dataset_sink_mode", False)))
     ends = timer.ends
     bs = cfg["batch_size"]
+    if cfg.get("save_final"):  # every parameter of the trained network, for a tensor-by-tensor comparison
+        np.savez(cfg["save_final"], **{p.name: p.asnumpy() for p in network.get_parameters()})
     steady = bs * (len(ends) - 1) / (ends[-1] - ends[0]) if len(ends) > 1 else float("nan")
     return {"steps": len(ends), "batch_size": bs, "first_step_s": ends[0] - t_call if ends else float("nan"),
             "img_per_s": steady, "train_call_s": time.perf_counter() - t_call, "loss_last": timer.loss,
+            "losses": timer.losses, "lr": [float(v) for v in np.asarray(lr).ravel()] if cfg.get("save_final") else None,
             "num_classes": num_classes, "mindcv": __import__("mindcv").__version__, "mindspore": ms.__version__}
 
 

@@ -1,4 +1,5 @@
 """The README's main job, end to end at smoke size: data, training, validation, a score."""
+import json
 import os
 import re
 import subprocess
@@ -16,14 +17,22 @@ def test_demo_runs_end_to_end(tmp_path):
     if not os.path.isfile(os.path.join(FASHION_MNIST_SOURCE, "train-images-idx3-ubyte.gz")):
         pytest.skip(f"Fashion-MNIST IDX files not in {FASHION_MNIST_SOURCE} (apt-get install dataset-fashion-mnist)")
     run_dir = tmp_path / "run"
+    # 4,096 images for 2 epochs (64 steps): the recipe's own settings otherwise. Measured 52.0% and 55.2%
+    # top-1 (ONEDNN_MAX_CPU_ISA unset / SSE41); fewer steps leave eval-mode BatchNorm statistics behind
+    # the weights (1 epoch of 6,400 images: 15-17% top-1 at a training loss of 1.5).
     proc = subprocess.run([sys.executable, "-m", "mindcv_mnv2.tools.demo", "--data_dir", str(tmp_path / "fm"),
-                           "--run_dir", str(run_dir), "--limit_train", "256", "--limit_val", "100", "--epochs", "1"],
+                           "--run_dir", str(run_dir), "--limit_train", "4096", "--limit_val", "500", "--epochs", "2"],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
     assert "[1/3]" in out and "[2/3]" in out and "[3/3]" in out
-    assert re.search(r"epoch 1/1: loss [\d.]+ .* val: top-1 [\d.]+%", out)
-    done = re.search(r"demo done in \d+ s: top-1 ([\d.]+)%, top-5 ([\d.]+)% on 100 Fashion-MNIST test images", out)
+    losses = [float(x) for x in re.findall(r"epoch \d/2: loss ([\d.]+) ", out)]
+    assert len(losses) == 2 and losses[1] < 0.7 * losses[0], losses  # measured 0.43-0.46; chance-level 2.30
+    assert re.search(r"epoch 2/2: loss [\d.]+ .* val: top-1 [\d.]+%", out)
+    done = re.search(r"demo done in \d+ s: top-1 ([\d.]+)%, top-5 ([\d.]+)% on 500 Fashion-MNIST test images", out)
     assert done, out[-2000:]
-    assert 0.0 <= float(done.group(1)) <= float(done.group(2)) <= 100.0
-    assert (run_dir / "mobilenet_v2_035_best.ckpt").exists() and (run_dir / "validate.json").exists()
+    top1 = float(done.group(1))
+    assert top1 > 30.0, top1  # chance is 10%
+    m = json.loads((run_dir / "validate.json").read_text())
+    assert m["num_images"] == 500 and m["top1"] == pytest.approx(top1, abs=0.005)  # what it printed is what it measured
+    assert (run_dir / "mobilenet_v2_035_best.ckpt").exists()

@@ -83,6 +83,13 @@ def test_graph_training_lowers_loss_and_writes_everything(graph_run):
     assert [e["epoch"] for e in epochs] == [1, 2]
     assert len(steps) == 2 * (STEPS // 5 + 1)  # every log_interval and at each epoch's end
     assert_learned(epochs)
+    # a step record holds what that step did: the LR its update used, its own loss, the epoch's mean
+    from mindcv_mnv2.engine.builders import build_lr
+
+    lrs = build_lr(cfg, STEPS)
+    assert [r["lr"] for r in steps] == [pytest.approx(float(lrs[r["global_step"] - 1]), rel=1e-6) for r in steps]
+    assert all(r["loss"] != r["loss_avg"] for r in steps if r["step"] > 1)  # not the running mean under another name
+    assert epochs[0]["lr"] == pytest.approx(float(lrs[STEPS - 1]))
     for e in epochs:
         assert e["val_images"] == VAL_IMAGES and 0.0 <= e["top1"] <= e["top5"] <= 100.0
     assert summary["best_top1"] == max(e["top1"] for e in epochs)

@@ -234,6 +234,7 @@ class Trainer:
         with progress_bar(spe - first, f"epoch {epoch + 1}/{cfg.epoch_size}", self.dist.is_main) as bar:
             for i in range(first, spe):
                 images, labels = self._next_batch(it, epoch, i)
+                lr_used = self._current_lr()  # the update this batch belongs to reads lr[global_step]
                 micro = self.accum > 1 and (i + 1) % self.accum != 0
                 loss = self.micro_step(images, labels) if micro else self.step(images, labels)
                 loss_v = float(loss.asnumpy())
@@ -249,23 +250,23 @@ class Trainer:
                 done = i + 1 - first
                 speed = images_per_step * (done - 1) / max(time.perf_counter() - t0, 1e-9) if done > 1 else 0.0
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss_sum / n_loss:.4f}", lr=f"{self._current_lr():.5f}",
-                                ips=f"{speed:.0f}")
+                bar.set_postfix(loss=f"{loss_sum / n_loss:.4f}", lr=f"{lr_used:.5f}", ips=f"{speed:.0f}")
                 if (i + 1) % cfg.log_interval == 0 or i + 1 == spe:
                     eta = (spe - i - 1) * (time.perf_counter() - t0) / max(done - 1, 1)
-                    if not bar.visible:
-                        self.log.info("epoch %d/%d step %d/%d loss %.4f lr %.6f %.1f img/s eta %s", epoch + 1,
-                                      cfg.epoch_size, i + 1, spe, loss_sum / n_loss, self._current_lr(), speed,
-                                      format_eta(eta))
+                    if not bar.visible:  # people read the epoch's running mean; tools get both below
+                        self.log.info("epoch %d/%d step %d/%d loss %.4f (mean) lr %.6f %.1f img/s eta %s", epoch + 1,
+                                      cfg.epoch_size, i + 1, spe, loss_sum / n_loss, lr_used, speed, format_eta(eta))
+                    # loss: this batch's own loss; loss_avg: mean over the epoch so far; lr: the rate this
+                    # batch's update used; global_step: optimizer updates done after it
                     self.metrics.write({"type": "step", "epoch": epoch + 1, "step": i + 1,
-                                        "global_step": self._global_step(), "loss": loss_sum / n_loss,
-                                        "lr": self._current_lr(), "img_per_s": speed})
+                                        "global_step": self._global_step(), "loss": loss_v,
+                                        "loss_avg": loss_sum / n_loss, "lr": lr_used, "img_per_s": speed})
                 if self._stop_signal is not None:
                     self._interrupt(epoch, i + 1)
         elapsed = time.perf_counter() - t0
         steady = images_per_step * max(spe - first - 1, 1) / max(elapsed, 1e-9)
         return {"loss": loss_sum / max(n_loss, 1), "img_per_s": steady, "first_step_s": t_first or 0.0,
-                "time": elapsed + (t_first or 0.0)}
+                "time": elapsed + (t_first or 0.0), "lr": lr_used if spe > first else self._current_lr()}
 
     def _maybe_validate(self, epoch: int) -> Optional[Dict[str, Any]]:
         cfg = self.cfg
@@ -285,7 +286,7 @@ class Trainer:
         if improved:
             self.best = {"top1": val["top1"], "epoch": done}
         record = {"type": "epoch", "epoch": done, "global_step": self._global_step(), "loss": train_stats["loss"],
-                  "lr": self._current_lr(), "img_per_s": train_stats["img_per_s"], "epoch_time": train_stats["time"]}
+                  "lr": train_stats["lr"], "img_per_s": train_stats["img_per_s"], "epoch_time": train_stats["time"]}
         if val is not None:
             record.update({"top1": val["top1"], "top5": val["top5"], "val_loss": val["loss"],
                            "val_images": val["num_images"]})
@@ -300,7 +301,7 @@ class Trainer:
             if improved:
                 self.keeper.save_best(tensors, meta)
         self.metrics.write(record)
-        line = (f"epoch {done}/{cfg.epoch_size}: loss {train_stats['loss']:.4f}  lr {self._current_lr():.6f}  "
+        line = (f"epoch {done}/{cfg.epoch_size}: loss {train_stats['loss']:.4f}  lr {train_stats['lr']:.6f}  "
                 f"{train_stats['img_per_s']:.1f} img/s  {train_stats['time']:.1f}s")
         if val is not None:
             line += f"  | {describe(val, 'val')}  | best {self.best['top1']:.2f}% (epoch {self.best['epoch']})"
