@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test venv system-deps clean
+.PHONY: demo test test-quick test-isa venv system-deps clean
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,16 @@ demo: venv system-deps
 
 test: venv system-deps
 	$(PY) -m pytest -q tests
+
+# Development loop: everything but the training runs, process launches and bench smoke runs (~3 min).
+test-quick: venv system-deps
+	$(PY) -m pytest -q tests -m "not slow and not distributed"
+
+# The CPU-dependent tests again as another CPU would run them: MindSpore's oneDNN kernels capped at
+# SSE4.1 and the C++ depthwise kernel built for baseline x86-64 (AVX2 / AVX-512 machines differ in
+# rounding; results must hold on every one).
+test-isa: venv system-deps
+	ONEDNN_MAX_CPU_ISA=SSE41 MINDCV_MNV2_MARCH=x86-64 $(PY) -m pytest -q tests -m numerics
 
 clean:
 	rm -rf $(VENV) runs data

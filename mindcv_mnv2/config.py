@@ -195,10 +195,13 @@ class Config:
 FIELDS: Dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(Config)}
 _HINTS = typing.get_type_hints(Config)
 
-# Older MindCV spellings, translated so old recipe files load unchanged.
+# Older MindCV spellings, translated so old recipe files load unchanged and train as they did there.
 LEGACY_KEYS: Dict[str, Callable[[Any], Dict[str, Any]]] = {
-    "filter_bias_and_bn": lambda v: {"weight_decay_filter": "norm_and_bias" if _to_bool(v, "filter_bias_and_bn")
-                                     else "disable"},
+    # MindCV before 0.3.0: True gave its "no decay" group no weight_decay key, so MindSpore decayed it
+    # anyway (every parameter decayed); False left MindSpore's BatchNorm filter on. MindCV's own
+    # migration (PR #752) maps them to 'disable' and 'auto'; so does this.
+    "filter_bias_and_bn": lambda v: {"weight_decay_filter": "disable" if _to_bool(v, "filter_bias_and_bn")
+                                     else "auto"},
     "dynamic_loss_scale": lambda v: {"loss_scale_type": "dynamic"} if _to_bool(v, "dynamic_loss_scale") else {},
 }
 

@@ -24,6 +24,7 @@ HAVE_BENCH_VENV = BENCH_PY.exists()
 NO_VENV = "bench/.venv (PyTorch, MindCV 0.3.0) not set up: run `bash bench/setup_venv.sh`"
 
 sys.path.insert(0, str(BENCH))
+pytestmark = pytest.mark.slow
 
 
 def _photos_or_skip() -> None:

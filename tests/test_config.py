@@ -93,11 +93,12 @@ def test_yaml_scientific_notation_without_dot(tmp_path):
 
 
 def test_legacy_key_filter_bias_and_bn(tmp_path):
+    """Old MindCV recipes train as they did there (see the reference: True decayed everything)."""
     recipe = tmp_path / "old.yaml"
     recipe.write_text("filter_bias_and_bn: True\n")
-    assert parse(["-c", str(recipe)]).weight_decay_filter == "norm_and_bias"
-    recipe.write_text("filter_bias_and_bn: False\n")
     assert parse(["-c", str(recipe)]).weight_decay_filter == "disable"
+    recipe.write_text("filter_bias_and_bn: False\n")
+    assert parse(["-c", str(recipe)]).weight_decay_filter == "auto"
     assert parse(["-c", str(recipe), "--weight_decay_filter", "auto"]).weight_decay_filter == "auto"
 
 

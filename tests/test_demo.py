@@ -11,6 +11,7 @@ import pytest
 from ._data_fixtures import FASHION_MNIST_SOURCE
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
 
 
 def test_demo_runs_end_to_end(tmp_path):

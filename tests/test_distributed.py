@@ -28,6 +28,7 @@ TRAIN_IMAGES, VAL_IMAGES, BATCH, WORLD = 320, 101, 16, 2
 STEPS = TRAIN_IMAGES // WORLD // BATCH  # 10 steps per rank; 101 val images -> shards of 51 and 50
 CKPT = f"mobilenet_v2_035-1_{STEPS}.ckpt"
 JOB_TIMEOUT = 600  # a hung job fails the test instead of hanging the suite
+pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
 
 def _launcher_env(marker: str = "") -> dict:

@@ -17,6 +17,7 @@ from mindcv_mnv2.models.registry import model_defaults
 from ._data_fixtures import fashion_mnist_subset, tiny_imagefolder  # noqa: F401  (fixtures)
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # every test here trains or validates for real
 TRAIN_IMAGES, VAL_IMAGES, BATCH = 2000, 500, 64
 STEPS = TRAIN_IMAGES // BATCH  # 31 steps per epoch
 
@@ -75,6 +76,7 @@ def graph_run(fashion_mnist_tiny, tmp_path_factory):  # noqa: F811
     return cfg, run_dir, summary
 
 
+@pytest.mark.numerics  # learning and bit-exact resume hold on every CPU
 def test_graph_training_lowers_loss_and_writes_everything(graph_run):
     cfg, run_dir, summary = graph_run
     records = read_jsonl(run_dir / "metrics.jsonl")
@@ -138,6 +140,7 @@ def assert_same_run(ref_ckpt, got_ckpt):
         np.testing.assert_array_equal(tensors_b[name], tensors_a[name], err_msg=name)
 
 
+@pytest.mark.numerics  # learning and bit-exact resume hold on every CPU
 def test_resume_continues_exactly(graph_run, half_run, fashion_mnist_tiny, tmp_path):  # noqa: F811
     from mindcv_mnv2.engine.trainer import train
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 ms = pytest.importorskip("mindspore")
+pytestmark = pytest.mark.numerics  # exported graphs against the checkpoint, to float rounding
 
 from mindcv_mnv2.checkpoint import CheckpointError, load_model, model_meta, save_checkpoint  # noqa: E402
 from mindcv_mnv2.export import (ExportError, export_model, load_mindir, main,  # noqa: E402

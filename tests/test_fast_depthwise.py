@@ -11,7 +11,7 @@ from mindcv_mnv2.models import create_model  # noqa: E402
 from mindcv_mnv2.ops import KernelBuildError, build_library, kernel_in_use, resolve_kernel, swap_depthwise  # noqa: E402
 from mindcv_mnv2.ops.depthwise import aot_depthwise  # noqa: E402
 
-pytestmark = pytest.mark.usefixtures("ms_cpu")
+pytestmark = [pytest.mark.usefixtures("ms_cpu"), pytest.mark.numerics]
 
 
 def _conv(c: int, stride: int, weight: np.ndarray, dilation: int = 1) -> nn.Conv2d:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 h5py = pytest.importorskip("h5py")
+pytestmark = pytest.mark.numerics
 
 from mindcv_mnv2.tools import convert_keras as ck  # noqa: E402
 

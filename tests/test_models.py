@@ -14,7 +14,7 @@ from mindcv_mnv2.models import (MobileNetV2, MobileNetV2Features, UnknownModelEr
 from mindcv_mnv2.models.mobilenetv2 import TFSameConv2d, param_shapes  # noqa: E402
 from mindcv_mnv2.summary import layer_table, main as summary_main, model_summary  # noqa: E402
 
-pytestmark = pytest.mark.usefixtures("ms_cpu")
+pytestmark = [pytest.mark.usefixtures("ms_cpu"), pytest.mark.numerics]
 
 MINDCV_TOTALS = {"075": (0.75, 2_663_064, 2_636_424), "100": (1.0, 3_538_984, 3_504_872),
                  "140": (1.4, 6_156_712, 6_108_776)}

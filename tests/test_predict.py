@@ -87,6 +87,7 @@ def test_directory_walk_and_structure(env):
     assert max(top1) - min(top1) > 1e-3  # images are told apart (measured spread 7e-3, the same under SSE41)
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("inception_crop", [False, True])
 def test_same_tensor_as_validation(env, tmp_path, inception_crop):
     """predict's preprocessing is validation's: the same file gives the same tensor, bit for bit."""

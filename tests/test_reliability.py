@@ -121,6 +121,7 @@ def test_fast_kernel_that_cannot_be_built(fm, tmp_path, capsys, monkeypatch):
     assert not any((tmp_path / "r").glob("*.ckpt"))
 
 
+@pytest.mark.slow
 def test_nan_loss_exits_3_with_one_line(fm, tmp_path, capsys):
     """A recipe that diverges (lr 1e30): exit status 3, one line naming the step and the fix."""
     run_dir = tmp_path / "nan"
@@ -139,6 +140,7 @@ def test_unwritable_run_dir(fm, tmp_path, capsys):
     assert blocker.read_text() == "not a directory"
 
 
+@pytest.mark.slow
 def test_messy_folder_trains_and_reports_what_it_skipped(tmp_path, capsys):
     """Odd but valid images are used; broken and non-image files are skipped, counted and listed."""
     from PIL import Image
@@ -173,6 +175,7 @@ def test_messy_folder_trains_and_reports_what_it_skipped(tmp_path, capsys):
     assert epoch["skipped_files"] == 5 and epoch["val_images"] == 15
 
 
+@pytest.mark.slow
 def test_image_that_fails_to_decode_mid_epoch(fm, tmp_path, capsys, monkeypatch):
     """A JPEG whose header passes the scan but cannot be decoded: one error naming the fix, progress saved."""
     import io
@@ -278,6 +281,7 @@ def _weights(path):
     return extract_model_state(tensors, use_ema=False), meta
 
 
+@pytest.mark.slow
 def test_kill9_then_resume_matches_uninterrupted(fm, tmp_path):
     common = FAST + ["--data_dir", str(fm), "--epoch_size", "3"]
     ref = subprocess.run(TRAIN + common + ["--ckpt_save_dir", str(tmp_path / "ref")], cwd=ROOT,
@@ -304,6 +308,7 @@ def test_kill9_then_resume_matches_uninterrupted(fm, tmp_path):
         np.testing.assert_array_equal(b[name], a[name], err_msg=name)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_signal_saves_resumable_checkpoint(sig, fm, tmp_path):
     run_dir = tmp_path / "stopped"
@@ -341,6 +346,7 @@ while True:
 """
 
 
+@pytest.mark.slow
 def test_kill9_during_save_keeps_the_previous_checkpoint(tmp_path):
     from mindcv_mnv2.checkpoint import read_checkpoint
 
@@ -365,6 +371,7 @@ def test_kill9_during_save_keeps_the_previous_checkpoint(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["c.ckpt"], "temporary files left behind"
 
 
+@pytest.mark.slow
 def test_disk_full_during_save_keeps_earlier_checkpoints(fm, tmp_path, monkeypatch):
     import mindspore as ms
 

@@ -16,7 +16,7 @@ from mindspore import Parameter, Tensor, nn, ops  # noqa: E402
 from mindcv_mnv2.engine.train_step import TrainStep  # noqa: E402
 from mindcv_mnv2.optim import create_loss, create_optimizer  # noqa: E402
 
-pytestmark = pytest.mark.usefixtures("ms_cpu")
+pytestmark = [pytest.mark.usefixtures("ms_cpu"), pytest.mark.numerics]
 
 IN, OUT, BATCH = 5, 4, 8
 LRS = np.array([0.1, 0.05, 0.02, 0.01], np.float32)  # one per step: the step must use its own entry
