@@ -161,6 +161,25 @@ def fashion_folder(quick: bool = False) -> Optional[Path]:
     return sub
 
 
+def measure_throughput(loader: Any, max_batches: Optional[int] = None, warmup_batches: int = 1) -> dict:
+    """Images per second the pipeline delivers over one pass, timed after ``warmup_batches``."""
+    import time
+
+    seen, timed = 0, 0
+    t0 = time.perf_counter()
+    it = loader.dataset.create_tuple_iterator(output_numpy=True, num_epochs=1)
+    for i, (images, _) in enumerate(it):
+        if i < warmup_batches:
+            t0 = time.perf_counter()  # the clock starts once the warm-up batches are out
+            continue
+        seen += len(images)
+        timed += 1
+        if max_batches is not None and timed >= max_batches:
+            break
+    seconds = time.perf_counter() - t0
+    return {"images": seen, "seconds": seconds, "images_per_second": seen / seconds if seen else float("nan")}
+
+
 # ----------------------------------------------------------------------------- processes
 def run_child(cmd: Sequence[str], *, env: Optional[Dict[str, str]] = None, cwd: Optional[Path] = None,
               timeout: float = 900.0, log: Optional[Path] = None) -> Dict[str, Any]:

@@ -3,7 +3,7 @@
     .venv/bin/python bench/bench_data.py            # full (~3 min)
     .venv/bin/python bench/bench_data.py --quick    # smoke size
 
-Measured in this process with ``mindcv_mnv2.data.measure_throughput`` (images/s over one pass
+Measured in this process with ``_common.measure_throughput`` (images/s over one pass
 after a warm-up batch) on:
 
 - the real photos (100 ai-benchmark 512x512 JPEGs replicated into a 10-class ImageFolder), the
@@ -53,7 +53,7 @@ def project_loader(root: str, train: bool, size: int, batch: int, workers: int, 
 def project_contender(root, train, size, batch, workers, num_samples, recipe, max_batches):
     """Callable measuring one pass of the project's pipeline."""
     def run():
-        from mindcv_mnv2.data import measure_throughput
+        from _common import measure_throughput
 
         loader = project_loader(root, train, size, batch, workers, num_samples, recipe)
         res = measure_throughput(loader, max_batches=max_batches)

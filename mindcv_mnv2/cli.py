@@ -59,7 +59,7 @@ def _report(message: str, status: int) -> int:
 def _train(cfg: Config, extras: argparse.Namespace) -> object:
     from .engine.trainer import train
 
-    return train(cfg)
+    return train(cfg, extras.explicit_keys)
 
 
 def train_main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> int:

@@ -377,7 +377,7 @@ def test_eval_sharding_is_exact(lists, num_shards):
 
     val = lists[1]
     ops = create_transforms(False, S)
-    whole = np.concatenate([i for i, _ in batches(create_loader(val, 4, False, ops))[0]])
+    whole = np.concatenate([i for i, _ in batches(create_loader(val, 4, False, transforms=ops))[0]])
     seen, counts = [], []
     for r in range(num_shards):
         loader = create_loader(val, batch_size=2, is_training=False, transforms=ops, shard_id=r,

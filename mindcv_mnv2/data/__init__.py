@@ -18,9 +18,8 @@ _LAZY = {
     "create_loader": ".loader",
     "Loader": ".loader",
     "shard_indices": ".loader",
-    "verify_images": ".loader",
+    "verify_images": ".verify",
     "pipeline_error": ".loader",
-    "measure_throughput": ".loader",
     "Mixup": ".mixup",
     "one_hot_smooth": ".mixup",
 }

@@ -35,11 +35,19 @@ from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .folder import DataError, ImageList, scan_image_folder, sniff_image
+from .folder import DataError, ImageList, scan_image_folder
 from .mixup import Mixup
 from .transforms import RandomErasing, create_transforms
 
 log = logging.getLogger("mindcv_mnv2")
+
+
+def cpu_count() -> int:
+    """CPUs this process may use (respects affinity masks, e.g. mpirun's core binding)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return os.cpu_count() or 1
 
 
 def _sampler_base():
@@ -167,11 +175,11 @@ def _subset(images: ImageList, num_samples: Optional[int], seed: int) -> Tuple[L
     return [files[i] for i in keep], labels[keep]
 
 
-def create_loader(images: Union[ImageList, str], batch_size: int, is_training: bool, transforms: Optional[list] = None,
+def create_loader(images: Union[ImageList, str], batch_size: int, is_training: bool, *, transforms: Optional[list] = None,
                   shuffle: Optional[bool] = None, drop_remainder: Optional[bool] = None, num_parallel_workers: int = 4,
                   num_samples: Optional[int] = None, shard_id: int = 0, num_shards: int = 1, seed: int = 42,
                   num_classes: Optional[int] = None, mixup: float = 0.0, cutmix: float = 0.0,
-                  cutmix_prob: float = 1.0, mixup_switch_prob: float = 0.5, label_smoothing: float = 0.0, *,
+                  cutmix_prob: float = 1.0, mixup_switch_prob: float = 0.5, label_smoothing: float = 0.0,
                   split: Optional[str] = None, image_size: int = 224) -> Loader:
     """Batched (image float32 NCHW, label) pipeline over an ImageList (or a data_dir + split)."""
     import mindspore.dataset as ds
@@ -214,7 +222,7 @@ def create_loader(images: Union[ImageList, str], batch_size: int, is_training: b
     if mixer is not None:
         mixer.reseed(stream[1])
 
-    workers = max(1, min(int(num_parallel_workers), os.cpu_count() or 1))
+    workers = max(1, min(int(num_parallel_workers), cpu_count()))
     # One source worker, whatever ``workers`` is: with more, MindSpore 2.10's SamplerFn master
     # sleeps 0.1 s whenever the next worker's queue is momentarily empty, which capped 32 px
     # Fashion-MNIST at ~500 img/s (vs ~7000 with one). A single thread reading bytes inline keeps
@@ -231,51 +239,6 @@ def create_loader(images: Union[ImageList, str], batch_size: int, is_training: b
                   files=files, labels=labels, soft_labels=soft, sampler=sampler)
 
 
-def _decode_failures(files: Sequence[str]) -> List[Optional[str]]:
-    """Decode each file in turn; None if it decodes to H x W x 3, else the reason."""
-    import mindspore.dataset.vision as vision
-
-    decode = vision.Decode()
-    reasons: List[Optional[str]] = []
-    for path in files:
-        why = sniff_image(path)  # also keeps MindSpore from dumping GIF/WebP copies into the cwd
-        if why is None:
-            data = np.fromfile(path, dtype=np.uint8)
-            # MindSpore 2.10's eager JPEG decode also fails the call right after a failed one
-            # (stale libjpeg error state), so a failure counts only if a retry fails too.
-            for _ in range(2):
-                try:
-                    out = decode(data)
-                except RuntimeError as exc:
-                    why = "decode failed: " + (str(exc).strip().splitlines() or ["?"])[-1][:160]
-                    continue
-                why = None if out.ndim == 3 and out.shape[2] == 3 else f"decoded to shape {out.shape}"
-                break
-        reasons.append(why)
-    return reasons
-
-
-def verify_images(images: Union[ImageList, Sequence[str]]) -> List[Tuple[str, str]]:
-    """Decode every file once (C++ Decode, as the pipeline does); (path, reason) of the failures.
-
-    Sequential on purpose: MindSpore 2.10's eager decode is not thread-safe after a failure.
-    About 150-300 full-size photos per second; meant as a one-off check of a new dataset.
-    A failed eager decode makes MindSpore write ./abnormal_image.jpg, so the decoding runs in a
-    scratch working directory: do not call this while other threads rely on the cwd.
-    """
-    import tempfile
-
-    files = images.files if isinstance(images, ImageList) else [os.fspath(f) for f in images]
-    here = os.getcwd()
-    with tempfile.TemporaryDirectory(prefix="mnv2_verify_") as scratch:
-        os.chdir(scratch)
-        try:
-            reasons = _decode_failures([os.path.join(here, f) for f in files])
-        finally:
-            os.chdir(here)
-    return [(p, r) for p, r in zip(files, reasons) if r is not None]
-
-
 def pipeline_error(exc: BaseException, root: str, split: str) -> Optional[DataError]:
     """A DataError explaining a MindSpore pipeline failure caused by an undecodable file, else None."""
     text = str(exc)
@@ -285,22 +248,3 @@ def pipeline_error(exc: BaseException, root: str, split: str) -> Optional[DataEr
     return DataError(f"an image in {os.path.join(root, split)} could not be decoded ({first[:200]}); list the "
                      f"broken files with: python -m mindcv_mnv2.data.verify {root} --split {split}, then delete "
                      f"or re-encode them")
-
-
-def measure_throughput(loader: Loader, max_batches: Optional[int] = None, warmup_batches: int = 1) -> dict:
-    """Images per second the pipeline delivers over one pass, timed after ``warmup_batches``."""
-    import time
-
-    seen, timed = 0, 0
-    t0 = time.perf_counter()
-    it = loader.dataset.create_tuple_iterator(output_numpy=True, num_epochs=1)
-    for i, (images, _) in enumerate(it):
-        if i < warmup_batches:
-            t0 = time.perf_counter()  # the clock starts once the warm-up batches are out
-            continue
-        seen += len(images)
-        timed += 1
-        if max_batches is not None and timed >= max_batches:
-            break
-    seconds = time.perf_counter() - t0
-    return {"images": seen, "seconds": seconds, "images_per_second": seen / seconds if seen else float("nan")}

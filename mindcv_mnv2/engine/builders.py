@@ -1,11 +1,17 @@
-"""Config -> objects. The only engine code that reads recipe keys; everything it calls takes
-plain arguments, so each key is followed from the schema to its consumer in one hop."""
+"""Config -> objects: network, data loaders, LR array, optimizer, loss and train step, each built
+from the recipe keys that configure it and handed plain arguments (models, data, optim take no
+Config), so a key is followed from the schema to its consumer in one hop.
+
+Besides this module, the trainer reads only the keys of its own loop (device and mode, run
+directory, resume source, epochs, intervals, EMA/AMP switches) and validation those of what it
+scores (checkpoint path, batch, EMA); each schema field's comment names its reader.
+"""
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import AbstractSet, Any, Dict, Mapping, Optional, Sequence, Tuple
 
-from ..config import Config, ConfigError
+from ..config import FIELDS, Config, ConfigError
 from ..distributed import DistInfo
 
 log = logging.getLogger("mindcv_mnv2")
@@ -66,31 +72,45 @@ def build_train_loader(cfg: Config, dist: DistInfo):
     return loader
 
 
-def check_padding(cfg: Config, explicit_keys: frozenset, ckpt_padding: Optional[str], ckpt_path: str) -> str:
-    """The padding to build with: the checkpoint's, unless the user asked for a different one (an error)."""
-    if ckpt_padding is None:
-        return cfg.padding
-    if "padding" in explicit_keys and cfg.padding != ckpt_padding:
-        raise ConfigError(f"padding: {ckpt_path} was made with padding '{ckpt_padding}'; building it with "
-                          f"'{cfg.padding}' would silently change every output. Drop --padding (or set "
-                          f"padding: {ckpt_padding})")
-    return ckpt_padding
+# Architecture facts that travel with the weights: a checkpoint records them in its model_kwargs.
+ARCHITECTURE_FACTS = ("padding", "output_stride", "drop_rate")
 
 
-def model_kwargs(cfg: Config, num_classes: int) -> Dict[str, Any]:
-    """Constructor arguments of models.create_model from the recipe."""
+def model_kwargs(cfg: Config, num_classes: int, ckpt_kwargs: Optional[Mapping[str, Any]] = None,
+                 explicit_keys: Optional[AbstractSet[str]] = None, ckpt_path: str = "") -> Dict[str, Any]:
+    """Constructor arguments of models.create_model: the one path from recipe (and checkpoint) to network.
+
+    A key the user set (``explicit_keys``; None means all of them) comes from the recipe; an
+    architecture fact the user left unset comes from the checkpoint the run starts from or
+    scores. Padding is what the weights were trained with: asking for another one is an error,
+    because it would silently change every output.
+    """
     kw: Dict[str, Any] = {"num_classes": num_classes, "in_channels": cfg.in_channels, "padding": cfg.padding,
                           "output_stride": cfg.output_stride}
     if cfg.drop_rate is not None:
         kw["drop_rate"] = cfg.drop_rate
+    explicit = FIELDS.keys() if explicit_keys is None else explicit_keys
+    for key in ARCHITECTURE_FACTS:
+        if key not in (ckpt_kwargs or {}):
+            continue
+        theirs = ckpt_kwargs[key]
+        if key not in explicit:
+            kw[key] = theirs
+        elif key == "padding" and cfg.padding != theirs:
+            raise ConfigError(f"padding: {ckpt_path} was made with padding '{theirs}'; building it with "
+                              f"'{cfg.padding}' would silently change every output. Drop --padding (or set "
+                              f"padding: {theirs})")
     return kw
 
 
-def build_model(cfg: Config, num_classes: int, device_target: str):
-    """The network named by ``model`` on the recipe's depthwise kernel (weights are loaded by the caller)."""
+def build_model(cfg: Config, kwargs: Mapping[str, Any], device_target: str):
+    """The network named by ``model`` with ``kwargs`` (model_kwargs) on the recipe's depthwise kernel.
+
+    Weights are loaded by the caller (checkpoint.load_weights).
+    """
     from ..models import create_model
 
-    return with_depthwise_kernel(cfg, create_model(cfg.model, **model_kwargs(cfg, num_classes)), device_target)
+    return with_depthwise_kernel(cfg, create_model(cfg.model, **kwargs), device_target)
 
 
 def with_depthwise_kernel(cfg: Config, net, device_target: str):

@@ -17,6 +17,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional
 
 import numpy as np
 
+from ..errors import ConfigError
 from ..checkpoint import (EMA_PREFIX, GRAD_ACCUM_PREFIX, OPTIMIZER_SLOT_PREFIXES, CheckpointError,
                           model_meta, read_meta, save_checkpoint)
 
@@ -24,6 +25,21 @@ log = logging.getLogger("mindcv_mnv2")
 STATE_FILE = "state.json"
 # Step state rebuilt from the recipe rather than restored: the LR array comes from the schedule.
 REBUILT = ("learning_rate",)
+
+
+# ----------------------------------------------------------------------------- run directory
+def prepare_run_dir(path: str, resuming: bool) -> None:
+    """Create the run directory; refuse one that cannot be written or that holds another run's checkpoints."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"ckpt_save_dir: cannot create '{path}' ({exc.strerror}); choose a writable folder") from None
+    if not os.access(path, os.W_OK):
+        raise ConfigError(f"ckpt_save_dir: '{path}' is not writable; choose a writable folder")
+    existing = [f for f in os.listdir(path) if f.endswith(".ckpt")]
+    if existing and not resuming:
+        raise ConfigError(f"ckpt_save_dir: '{path}' already holds checkpoints of a run ({len(existing)} .ckpt files); "
+                          f"continue it with --resume {path}, or pick a new --ckpt_save_dir (nothing was overwritten)")
 
 
 # ----------------------------------------------------------------------------- run state

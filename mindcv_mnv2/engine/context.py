@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import random
 
 import numpy as np
@@ -52,11 +51,3 @@ def amp_level_for(device_target: str, amp_level: str) -> str:
                     amp_level)
         return "O0"
     return amp_level
-
-
-def cpu_count() -> int:
-    """CPUs this process may use (respects affinity masks and container limits)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - non-Linux
-        return os.cpu_count() or 1

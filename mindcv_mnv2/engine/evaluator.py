@@ -49,7 +49,7 @@ def run_eval(forward, batches: Iterable, num_images: int, batch_size: int, dist:
             bar.update(1)
             bar.set_postfix(top1=f"{100.0 * c1 / max(seen, 1):.2f}")
     elapsed = time.perf_counter() - start
-    c1, c5, loss_sum, seen, elapsed_max = all_reduce_sum([c1, c5, loss_sum, seen, elapsed], dist)
+    c1, c5, loss_sum, seen = all_reduce_sum([c1, c5, loss_sum, seen], dist)
     seen = int(round(seen))
     if seen == 0:
         raise RuntimeError("evaluation saw no images")

@@ -7,55 +7,47 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import signal
 import time
 from typing import Any, Dict, Optional
 
 import numpy as np
 
+from ..checkpoint import load_weights, read_checkpoint
 from ..config import Config, ConfigError
 from ..distributed import DistInfo, init_distributed
+from ..errors import Interrupted, TrainingDiverged  # noqa: F401  (raised here; re-exported)
 from ..ops import kernel_in_use
 from . import builders
-from .checkpointing import (CheckpointKeeper, find_resume_checkpoint, restore_run_tensors, resume_position,
-                            run_meta, run_tensors)
+from .checkpointing import (CheckpointKeeper, find_resume_checkpoint, prepare_run_dir, restore_run_tensors,
+                            resume_position, run_meta, run_tensors)
 from .context import amp_level_for, setup_context
 from .evaluator import EvalNet, describe, evaluate
 from .train_step import AccumulateStep
 from .progress import MetricsWriter, format_eta, progress_bar, setup_logging
-
-from ..errors import Interrupted, TrainingDiverged  # noqa: F401  (raised here; re-exported)
-
-
-def train(cfg: Config) -> Dict[str, Any]:
-    """Run a whole training job described by ``cfg``; returns the final summary."""
-    return Trainer(cfg).fit()
+from .signals import StopSignals
 
 
-def _check_run_dir(path: str, resuming: bool) -> None:
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"ckpt_save_dir: cannot create '{path}' ({exc.strerror}); choose a writable folder")
-    if not os.access(path, os.W_OK):
-        raise ConfigError(f"ckpt_save_dir: '{path}' is not writable; choose a writable folder")
-    existing = [f for f in os.listdir(path) if f.endswith(".ckpt")]
-    if existing and not resuming:
-        raise ConfigError(f"ckpt_save_dir: '{path}' already holds checkpoints of a run ({len(existing)} .ckpt files); "
-                          f"continue it with --resume {path}, or pick a new --ckpt_save_dir (nothing was overwritten)")
+def train(cfg: Config, explicit_keys: Optional[frozenset] = None) -> Dict[str, Any]:
+    """Run a whole training job described by ``cfg``; returns the final summary.
+
+    ``explicit_keys`` are the keys the recipe or command line set (None: all of them); the others
+    may be filled from a checkpoint the run starts from (see builders.model_kwargs).
+    """
+    return Trainer(cfg, explicit_keys).fit()
 
 
 class Trainer:
     """Owns everything a run builds; ``fit()`` runs it."""
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, explicit_keys: Optional[frozenset] = None) -> None:
         self.cfg = cfg
         self.device = setup_context(cfg.mode, cfg.device_target, cfg.seed)
         self.dist: DistInfo = init_distributed(cfg.distribute, self.device)
         self.run_dir = cfg.ckpt_save_dir
         resume_path = self._resume_source()
+        init_path = None if resume_path else self._init_source()
         if self.dist.is_main:
-            _check_run_dir(self.run_dir, resuming=bool(resume_path))
+            prepare_run_dir(self.run_dir, resuming=bool(resume_path))
         self.log = setup_logging(self.run_dir, self.dist.rank, self.dist.world)
         self.metrics = MetricsWriter(os.path.join(self.run_dir, "metrics.jsonl") if self.dist.is_main else None)
         if cfg.dataset_sink_mode:
@@ -79,8 +71,13 @@ class Trainer:
                              self.steps_per_epoch % self.accum)
             self.steps_per_epoch = self.updates_per_epoch * self.accum
 
-        self.net = builders.build_model(cfg, self.num_classes, self.device)
-        self._load_initial_weights(resume_path)
+        # The checkpoint the run starts from is read once: its architecture facts, then its tensors.
+        tensors, meta = read_checkpoint(resume_path or init_path) if (resume_path or init_path) else ({}, {})
+        self.model_kwargs = builders.model_kwargs(cfg, self.num_classes, meta.get("model_kwargs"), explicit_keys,
+                                                  resume_path or init_path or "")
+        self.net = builders.build_model(cfg, self.model_kwargs, self.device)
+        if init_path:
+            self._init_weights(init_path, tensors)
         if self.amp_level != "O0":
             import mindspore as ms
 
@@ -96,9 +93,10 @@ class Trainer:
         self.start_epoch, self.skip_steps = 0, 0
         self.best: Dict[str, Any] = {"top1": None, "epoch": None}
         if resume_path:
-            self._restore(resume_path)
+            self._restore(resume_path, tensors, meta)
+        del tensors
         self.eval_net: Optional[EvalNet] = None
-        self._stop_signal: Optional[int] = None
+        self.signals = StopSignals()
         if self.dist.is_main:
             self._save_config()
 
@@ -113,28 +111,21 @@ class Trainer:
             return find_resume_checkpoint(cfg.ckpt_path)
         return None
 
-    def _load_initial_weights(self, resume_path: Optional[str]) -> None:
+    def _init_source(self) -> Optional[str]:
         cfg = self.cfg
-        if resume_path:
-            return  # _restore loads everything
         if cfg.pretrained and not cfg.ckpt_path:
             raise ConfigError("pretrained: True needs ckpt_path pointing at a local checkpoint "
                               "(mindcv_mnv2 never downloads weights)")
-        if cfg.ckpt_path:
-            from ..checkpoint import load_weights, read_checkpoint
+        return cfg.ckpt_path or None
 
-            tensors, meta = read_checkpoint(cfg.ckpt_path)
-            padding = (meta.get("model_kwargs") or {}).get("padding")
-            if padding is not None and padding != cfg.padding:
-                raise ConfigError(f"padding: {cfg.ckpt_path} was trained with padding '{padding}' but this recipe "
-                                  f"builds '{cfg.padding}'; set padding: {padding} to fine-tune it")
-            head = tensors.get("classifier.1.weight")
-            drop = head is not None and head.shape[0] != self.num_classes
-            if drop:
-                self.log.warning("ckpt_path %s has %d classes, this run %d: the classifier is re-initialised "
-                                 "(fine-tuning)", cfg.ckpt_path, head.shape[0], self.num_classes)
-            load_weights(self.net, tensors, strict=True, drop_classifier=drop, use_ema=True)
-            self.log.info("initialised weights from %s", cfg.ckpt_path)
+    def _init_weights(self, path: str, tensors: Dict[str, np.ndarray]) -> None:
+        head = tensors.get("classifier.1.weight")
+        drop = head is not None and head.shape[0] != self.num_classes
+        if drop:
+            self.log.warning("ckpt_path %s has %d classes, this run %d: the classifier is re-initialised "
+                             "(fine-tuning)", path, head.shape[0], self.num_classes)
+        load_weights(self.net, tensors, strict=True, drop_classifier=drop, use_ema=True)
+        self.log.info("initialised weights from %s", path)
 
     def _save_config(self) -> None:
         path = os.path.join(self.run_dir, "config.yaml")
@@ -154,8 +145,8 @@ class Trainer:
                  "steps_per_epoch": self.steps_per_epoch, "updates_per_epoch": self.updates_per_epoch,
                  "world": self.dist.world, "best_top1": self.best["top1"], "best_epoch": self.best["epoch"],
                  "last_metrics": last_metrics or {}}
-        return run_meta(cfg.model, builders.model_kwargs(cfg, self.num_classes), self.class_names,
-                        builders.eval_facts(cfg), cfg.to_dict(), cfg.ema, state)
+        return run_meta(cfg.model, self.model_kwargs, self.class_names, builders.eval_facts(cfg), cfg.to_dict(),
+                        cfg.ema, state)
 
     def _global_step(self) -> int:
         return int(np.asarray(self.optimizer.global_step.asnumpy()).reshape(-1)[0])
@@ -163,10 +154,7 @@ class Trainer:
     def _current_lr(self) -> float:
         return float(self.lr[min(self._global_step(), len(self.lr) - 1)])
 
-    def _restore(self, path: str) -> None:
-        from ..checkpoint import load_weights, read_checkpoint
-
-        tensors, meta = read_checkpoint(path)
+    def _restore(self, path: str, tensors: Dict[str, np.ndarray], meta: Dict[str, Any]) -> None:
         ts = resume_position(path, meta, tensors, self.updates_per_epoch, self.accum)
         load_weights(self.net, tensors, strict=True, use_ema=False)
         restore_run_tensors(path, self.step.parameters_dict(), [p.name for p in self.net.get_parameters()], tensors,
@@ -197,7 +185,7 @@ class Trainer:
                       cfg.batch_size, self.dist.world, cfg.batch_size * self.dist.world, self.steps_per_epoch,
                       cfg.epoch_size, kernel_in_use(self.net), os.path.abspath(self.run_dir))
         self._write_skipped()
-        old = self._install_signal_handlers()
+        self.signals.install()
         summary: Dict[str, Any] = {}
         try:
             for epoch in range(self.start_epoch, cfg.epoch_size):
@@ -205,7 +193,7 @@ class Trainer:
                 val = self._maybe_validate(epoch)
                 summary = self._end_epoch(epoch, train_stats, val)
         finally:
-            self._restore_signal_handlers(old)
+            self.signals.restore()
         summary["run_dir"] = self.run_dir
         summary["best_checkpoint"] = (os.path.join(self.run_dir, f"{cfg.model}_best.ckpt")
                                       if self.best["top1"] is not None else None)
@@ -244,9 +232,7 @@ class Trainer:
                 if t_first is None:
                     t_first = time.perf_counter() - t0  # includes graph compilation
                     t0 = time.perf_counter()
-                    # MindSpore's runtime installs its own SIGINT/SIGTERM handlers when it starts
-                    # executing (they end the process at once); put ours back on top.
-                    self._install_signal_handlers()
+                    self.signals.install()  # back on top of the handlers MindSpore installed meanwhile
                 done = i + 1 - first
                 speed = images_per_step * (done - 1) / max(time.perf_counter() - t0, 1e-9) if done > 1 else 0.0
                 bar.update(1)
@@ -261,7 +247,7 @@ class Trainer:
                     self.metrics.write({"type": "step", "epoch": epoch + 1, "step": i + 1,
                                         "global_step": self._global_step(), "loss": loss_v,
                                         "loss_avg": loss_sum / n_loss, "lr": lr_used, "img_per_s": speed})
-                if self._stop_signal is not None:
+                if self.signals.received is not None:
                     self._interrupt(epoch, i + 1)
         elapsed = time.perf_counter() - t0
         steady = images_per_step * max(spe - first - 1, 1) / max(elapsed, 1e-9)
@@ -273,7 +259,7 @@ class Trainer:
         if self.val_loader is None or ((epoch + 1) % cfg.val_interval and epoch + 1 != cfg.epoch_size):
             return None
         if self.eval_net is None:
-            self.eval_net = EvalNet(builders.build_model(self.cfg, self.num_classes, self.device),
+            self.eval_net = EvalNet(builders.build_model(self.cfg, self.model_kwargs, self.device),
                                     amp_level_for(self.device, cfg.val_amp_level))
         self.eval_net.load_from(self.step.parameters_dict(), prefix="ema." if cfg.ema else "")
         return evaluate(self.eval_net, self.val_loader, self.dist, desc="validate")
@@ -349,25 +335,6 @@ class Trainer:
                                f"{self._global_step()}); training stopped, {where}. Lower lr or enable "
                                f"clip_grad, then resume from that checkpoint")
 
-    def _install_signal_handlers(self):
-        import threading
-
-        if threading.current_thread() is not threading.main_thread():
-            return None
-
-        def handler(signum, frame):  # noqa: ARG001 - the loop saves at the next step boundary
-            # the first signal names the stop (MindSpore's SignalGuard passes a Ctrl-C that arrives
-            # while a graph runs on as SIGTERM)
-            if self._stop_signal is None:
-                self._stop_signal = signum
-
-        return {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-
-    @staticmethod
-    def _restore_signal_handlers(old) -> None:
-        for s, h in (old or {}).items():
-            signal.signal(s, h)
-
     def _interrupt(self, epoch: int, steps_done: int) -> None:
         path = None
         if steps_done == self.steps_per_epoch:
@@ -377,6 +344,5 @@ class Trainer:
         with self._saving():
             # inside an accumulation cycle the partial gradient sum is part of the state
             path = self.keeper.save_interrupt(self._tensors(mid_cycle=steps_done % self.accum != 0), meta)
-        name = signal.Signals(self._stop_signal).name
-        raise Interrupted(f"{name} received at epoch {epoch + 1}, step {steps_done}: saved resumable checkpoint "
+        raise Interrupted(f"{self.signals.name} received at epoch {epoch + 1}, step {steps_done}: saved resumable checkpoint "
                           f"{path}; continue with --resume {self.run_dir}")

@@ -4,7 +4,9 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, List, NamedTuple, Optional
+
+import numpy as np
 
 from ..config import Config, ConfigError, resolve_model_defaults
 from ..distributed import init_distributed
@@ -43,12 +45,21 @@ def _check_path(ckpt_path: str) -> None:
         raise CheckpointError(f"ckpt_path: '{ckpt_path}' is a directory; pass a checkpoint file inside it")
 
 
+class Scorer(NamedTuple):
+    """What validate() scores with, and what the model file says about itself."""
+
+    forward: Callable[[np.ndarray], np.ndarray]  # NCHW float32 batch -> logits
+    class_names: Optional[List[str]]
+    cfg: Config  # the recipe completed with the file's facts (model, preprocessing, batch for MINDIR)
+    num_outputs: Optional[int]
+
+
 def validate(cfg: Config, use_ema: bool = True, output_json: Optional[str] = None,
              explicit_keys: frozenset = frozenset()) -> Dict[str, Any]:
     """Evaluate ``cfg.ckpt_path`` on ``data_dir/val_split``; returns top-1/top-5/loss/counts.
 
     Keys the user did not set (``explicit_keys`` lists those they did) are taken from a
-    self-describing checkpoint: model name, padding and the eval preprocessing.
+    self-describing checkpoint: model name, architecture facts and the eval preprocessing.
     """
     from ..checkpoint import CheckpointError
 
@@ -57,15 +68,17 @@ def validate(cfg: Config, use_ema: bool = True, output_json: Optional[str] = Non
     dist = init_distributed(cfg.distribute, device, require_launcher=False)  # recipes say distribute: True
     setup_logging(None, dist.rank, dist.world)
     if cfg.ckpt_path.lower().endswith(".mindir"):
-        forward, class_names, cfg, batch, num_outputs = _load_mindir(cfg, explicit_keys)
+        scorer = _load_mindir(cfg, explicit_keys)
     else:
-        forward, class_names, cfg, batch, num_outputs = _load_ckpt(cfg, use_ema, device, explicit_keys)
-    loader = builders.build_val_loader(cfg, dist, class_names)
+        scorer = _load_ckpt(cfg, use_ema, device, explicit_keys)
+    cfg = scorer.cfg
+    loader = builders.build_val_loader(cfg, dist, scorer.class_names)
     folders = len(loader.class_names)
-    if num_outputs is not None and folders != num_outputs:
-        raise CheckpointError(f"{cfg.ckpt_path} predicts {num_outputs} classes but {cfg.data_dir}/{cfg.val_split} "
-                              f"has {folders} class folders; score it on data with the classes it was trained on")
-    metrics = evaluate(forward, loader, dist, desc="validate")
+    if scorer.num_outputs is not None and folders != scorer.num_outputs:
+        raise CheckpointError(f"{cfg.ckpt_path} predicts {scorer.num_outputs} classes but {cfg.data_dir}/"
+                              f"{cfg.val_split} has {folders} class folders; score it on data with the classes it "
+                              f"was trained on")
+    metrics = evaluate(scorer.forward, loader, dist, desc="validate")
     metrics.update({"checkpoint": os.path.abspath(cfg.ckpt_path), "model": cfg.model, "image_size": cfg.image_resize,
                     "split": cfg.val_split, "preprocessing": builders.eval_facts(cfg)})
     if dist.is_main:
@@ -76,9 +89,8 @@ def validate(cfg: Config, use_ema: bool = True, output_json: Optional[str] = Non
     return metrics
 
 
-def _load_ckpt(cfg: Config, use_ema: bool, device: str, explicit_keys: frozenset):
+def _load_ckpt(cfg: Config, use_ema: bool, device: str, explicit_keys: frozenset) -> Scorer:
     from ..checkpoint import CheckpointError, load_weights, read_checkpoint
-    from ..models import create_model
 
     tensors, meta = read_checkpoint(cfg.ckpt_path)
     head = tensors.get("classifier.1.weight")
@@ -91,26 +103,17 @@ def _load_ckpt(cfg: Config, use_ema: bool, device: str, explicit_keys: frozenset
         raise CheckpointError(f"{cfg.ckpt_path}: has {ckpt_classes} classes but num_classes is {num_classes}")
     if meta.get("model") and "model" not in explicit_keys:
         cfg = cfg.replace(model=meta["model"])
-    ckpt_kwargs = meta.get("model_kwargs") or {}
-    padding = builders.check_padding(cfg, explicit_keys, ckpt_kwargs.get("padding"), cfg.ckpt_path)
-    kwargs = {"num_classes": num_classes, "in_channels": cfg.in_channels, "padding": padding}
-    for key in ("drop_rate", "output_stride"):  # architecture facts travel with the weights
-        if key in ckpt_kwargs and key not in explicit_keys:
-            kwargs[key] = ckpt_kwargs[key]
-    if "output_stride" in explicit_keys:
-        kwargs["output_stride"] = cfg.output_stride
+    kwargs = builders.model_kwargs(cfg, num_classes, meta.get("model_kwargs"), explicit_keys, cfg.ckpt_path)
     cfg = _eval_config(cfg, meta.get("eval") or {}, explicit_keys)
-    net = create_model(cfg.model, **kwargs)
+    net = builders.build_model(cfg, kwargs, device)
     has_ema = any(k.startswith("ema.") for k in tensors)
     load_weights(net, tensors, strict=True, use_ema=use_ema)
-    builders.with_depthwise_kernel(cfg, net, device)
     log.info("loaded %s (%s weights, %d classes)", cfg.ckpt_path, "EMA" if use_ema and has_ema else "raw",
              num_classes)
-    forward = EvalNet(net, amp_level_for(device, cfg.val_amp_level))
-    return forward, meta.get("class_names"), cfg, None, num_classes
+    return Scorer(EvalNet(net, amp_level_for(device, cfg.val_amp_level)), meta.get("class_names"), cfg, num_classes)
 
 
-def _load_mindir(cfg: Config, explicit_keys: frozenset = frozenset()):
+def _load_mindir(cfg: Config, explicit_keys: frozenset = frozenset()) -> Scorer:
     """An exported graph: its batch size and input size are fixed, its eval facts travel inside it."""
     import mindspore as ms
 
@@ -121,12 +124,10 @@ def _load_mindir(cfg: Config, explicit_keys: frozenset = frozenset()):
     if info.get("model"):
         cfg = cfg.replace(model=info["model"])
     cfg = _eval_config(cfg, info.get("eval") or {}, explicit_keys)
-    batch = None
     if cell.input_shape:
-        batch = int(cell.input_shape[0])
-        cfg = cfg.replace(batch_size=batch, image_resize=int(cell.input_shape[-1]))
+        cfg = cfg.replace(batch_size=int(cell.input_shape[0]), image_resize=int(cell.input_shape[-1]))
 
     def forward(images):
         return cell(ms.Tensor(images)).asnumpy()
 
-    return forward, info.get("class_names"), cfg, batch, info.get("num_classes")
+    return Scorer(forward, info.get("class_names"), cfg, info.get("num_classes"))
