@@ -41,7 +41,7 @@ def main(argv=None) -> int:
         print("needs data/fashion_mnist (python -m mindcv_mnv2.tools.prepare_fashion_mnist) and .venv/bin/mpirun",
               file=sys.stderr)
         return 1
-    n = 1024 if args.quick else 12800
+    n = 256 if args.quick else 12800
     reps = 1 if args.quick else args.reps
     ov = {"device_target": "CPU", "epoch_size": 1, "warmup_epochs": 0, "decay_epochs": 1, "val_while_train": False,
           "log_interval": 1, "num_samples": n}

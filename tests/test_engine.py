@@ -166,19 +166,23 @@ def test_ckpt_path_with_resume_opt_continues_exactly(graph_run, half_run, fashio
 
 
 def test_interrupt_inside_accumulation_cycle_resumes_exactly(fashion_mnist_tiny, tmp_path, monkeypatch):  # noqa: F811
-    """The partial gradient sum is saved with the interrupt checkpoint and restored."""
+    """The partial gradient sum is saved with the interrupt checkpoint and restored.
+
+    PyNative (mode 1): three runs without graph compilation take 23 s instead of 63 s, and what is
+    saved and restored does not depend on the mode (graph-mode resume: the tests above).
+    """
     import signal
 
     from mindcv_mnv2.engine.trainer import Interrupted, Trainer, train
 
-    over = dict(mode=0, epoch_size=2, decay_epochs=2, batch_size=32, gradient_accumulation_steps=2, num_samples=320,
-                val_while_train=False)  # 10 batches = 5 updates per epoch
+    over = dict(mode=1, epoch_size=1, decay_epochs=1, batch_size=32, gradient_accumulation_steps=2, num_samples=320,
+                val_while_train=False)  # 10 batches = 5 updates
     train(make_cfg(fashion_mnist_tiny, tmp_path / "ref", **over))
     real_next = Trainer._next_batch
 
     def stop_after_batch_3(self, it, epoch, step):
         if (epoch, step) == (0, 2):  # batch index 2 is the third: one batch into the second cycle
-            self._stop_signal = signal.SIGTERM
+            self.signals.received = signal.SIGTERM
         return real_next(self, it, epoch, step)
 
     monkeypatch.setattr(Trainer, "_next_batch", stop_after_batch_3)
@@ -191,7 +195,7 @@ def test_interrupt_inside_accumulation_cycle_resumes_exactly(fashion_mnist_tiny,
     partial = [v for k, v in saved.items() if k.startswith("grad_accum.")]
     assert partial and any(np.abs(v).max() > 0 for v in partial)  # the half-summed gradients are in the file
     train(make_cfg(fashion_mnist_tiny, run_dir, resume=str(run_dir), **over))
-    assert_same_run(tmp_path / "ref" / "mobilenet_v2_035-2_10.ckpt", run_dir / "mobilenet_v2_035-2_10.ckpt")
+    assert_same_run(tmp_path / "ref" / "mobilenet_v2_035-1_10.ckpt", run_dir / "mobilenet_v2_035-1_10.ckpt")
 
 
 def test_new_run_refuses_a_used_run_dir(graph_run, fashion_mnist_tiny):  # noqa: F811
@@ -210,13 +214,13 @@ def test_pynative_trains_like_graph_with_accumulation_and_clipping(fashion_mnist
     from mindcv_mnv2.engine.trainer import train
 
     over = dict(epoch_size=1, batch_size=16, gradient_accumulation_steps=2, clip_grad=True, clip_value=1.0,
-                val_while_train=False, num_samples=160)  # 10 batches of 16 = 5 updates
+                val_while_train=False, num_samples=96)  # 6 batches of 16 = 3 updates
     weights = {}
     for mode in (1, 0):
         run_dir = tmp_path / f"mode{mode}"
         train(make_cfg(fashion_mnist_tiny, run_dir, mode=mode, **over))
-        weights[mode], _, meta = model_tensors(run_dir / "mobilenet_v2_035-1_10.ckpt")
-        assert meta["train_state"]["global_step"] == 5
+        weights[mode], _, meta = model_tensors(run_dir / "mobilenet_v2_035-1_6.ckpt")
+        assert meta["train_state"]["global_step"] == 3
     changed = [n for n in weights[0] if not np.allclose(weights[0][n], weights[1][n], rtol=1e-3, atol=1e-4)]
     assert not changed, f"PyNative and graph differ in {changed[:5]}"
     from mindcv_mnv2.models import create_model
@@ -237,12 +241,12 @@ def test_nan_loss_stops_with_step_and_keeps_last_good(fashion_mnist_tiny, tmp_pa
     # (mixup/cutmix with label smoothing on: the soft-label path through the compiled step)
     cfg = make_cfg(fashion_mnist_tiny, run_dir, mode=0, epoch_size=3, scheduler="multi_step_decay",
                    multi_step_decay_milestones=(1,), decay_rate=1e30, val_while_train=False, mixup=0.2,
-                   cutmix=1.0, label_smoothing=0.1)
+                   cutmix=1.0, label_smoothing=0.1, num_samples=320)  # 5 steps per epoch
     with pytest.raises(TrainingDiverged) as info:
         train(cfg)
     msg = str(info.value)
-    assert "epoch 2" in msg and "step" in msg and f"mobilenet_v2_035-1_{STEPS}.ckpt" in msg
-    _, _, meta = model_tensors(run_dir / f"mobilenet_v2_035-1_{STEPS}.ckpt")  # still loads
+    assert "epoch 2" in msg and "step" in msg and "mobilenet_v2_035-1_5.ckpt" in msg
+    _, _, meta = model_tensors(run_dir / "mobilenet_v2_035-1_5.ckpt")  # still loads
     assert meta["train_state"]["epoch"] == 1
     records = read_jsonl(run_dir / "metrics.jsonl")
     assert records[-1]["type"] == "diverged" and records[-1]["epoch"] == 2
@@ -356,13 +360,13 @@ def test_tf_slim_recipe_trains_and_its_checkpoint_scores_as_trained(fashion_mnis
     argv = ["-c", str(ROOT / "configs" / "mobilenet_v2_1.0_slim_gpu.yaml"), "--device_target", "CPU",
             "--distribute", "False", "--data_dir", str(fashion_mnist_tiny), "--ckpt_save_dir", str(run_dir),
             "--model", "mobilenet_v2_035", "--image_resize", "32", "--batch_size", "16", "--num_samples", "320",
-            "--epoch_size", "2", "--decay_epochs", "0.5", "--val_interval", "1", "--num_parallel_workers", "2",
+            "--epoch_size", "1", "--decay_epochs", "0.5", "--val_interval", "1", "--num_parallel_workers", "2",
             "--mean", "72.94", "72.94", "72.94", "--std", "90.02", "90.02", "90.02", "--lr", "0.01", "--num_classes", "10"]
     cfg = parse_args(argv, model_defaults=model_defaults)[0]
     assert (cfg.opt, cfg.scheduler, cfg.ema, cfg.inception_crop, cfg.eps) == ("rmsprop", "step_decay", True, True, 1.0)
     summary = train(cfg)
     epochs = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r["type"] == "epoch"]
-    assert len(epochs) == 2 and all(math.isfinite(e["loss"]) for e in epochs)
+    assert len(epochs) == 1 and all(math.isfinite(e["loss"]) for e in epochs)
     _, tensors, meta = model_tensors(summary["last_checkpoint"])
     for prefix in ("mean_square.", "moment.", "ema."):  # RMSProp's slots and the EMA copies are saved
         assert any(k.startswith(prefix) for k in tensors), prefix
@@ -370,8 +374,7 @@ def test_tf_slim_recipe_trains_and_its_checkpoint_scores_as_trained(fashion_mnis
     # 20 updates per epoch, x0.98 every 0.5 epochs (10 updates): the step-decay schedule really runs
     from mindcv_mnv2.engine.builders import build_lr  # what the trainer steps through
 
-    np.testing.assert_allclose(build_lr(cfg, 20)[[0, 9, 10, 39]], 0.01 * np.array([1, 1, 0.98, 0.98 ** 3]),
-                               rtol=1e-6)
+    np.testing.assert_allclose(build_lr(cfg, 20)[[0, 9, 10, 19]], 0.01 * np.array([1, 1, 0.98, 0.98]), rtol=1e-6)
     # validate.py without the recipe: the checkpoint says how it is scored (EMA weights, inception crop)
     out = tmp_path / "v.json"
     proc = subprocess.run([sys.executable, "validate.py", "--data_dir", str(fashion_mnist_tiny), "--ckpt_path",

@@ -282,27 +282,41 @@ def _weights(path):
 
 
 @pytest.mark.slow
+def _wait_for_step_of_epoch(run_dir, epoch, proc, timeout=240):
+    """Until metrics.jsonl has a step record of ``epoch``: the run is inside that epoch."""
+    end = time.time() + timeout
+    while time.time() < end:
+        path = run_dir / "metrics.jsonl"
+        if path.exists() and any(json.loads(x).get("type") == "step" and json.loads(x)["epoch"] == epoch
+                                 for x in path.read_text().splitlines() if x.strip()):
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"training ended early: {proc.stderr.read()[-2000:]}")
+        time.sleep(0.02)
+    raise AssertionError(f"no step of epoch {epoch} within {timeout} s")
+
+
 def test_kill9_then_resume_matches_uninterrupted(fm, tmp_path):
-    common = FAST + ["--data_dir", str(fm), "--epoch_size", "3"]
+    common = FAST + ["--data_dir", str(fm), "--epoch_size", "2", "--decay_epochs", "2"]
     ref = subprocess.run(TRAIN + common + ["--ckpt_save_dir", str(tmp_path / "ref")], cwd=ROOT,
                          capture_output=True, text=True, timeout=600)
     assert ref.returncode == 0, ref.stderr[-2000:]
 
     run_dir = tmp_path / "killed"
     proc = _spawn(common + ["--ckpt_save_dir", str(run_dir)])
-    _wait_for(run_dir / "mobilenet_v2_035-1_20.ckpt", proc)
-    time.sleep(0.5)  # now inside epoch 2
+    _wait_for_step_of_epoch(run_dir, 2, proc)  # step 5 of 20 of epoch 2 is logged: kill it there
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL
-    assert not (run_dir / "mobilenet_v2_035-3_20.ckpt").exists()
+    assert (run_dir / "mobilenet_v2_035-1_20.ckpt").exists()
+    assert not (run_dir / "mobilenet_v2_035-2_20.ckpt").exists()
     resumed = subprocess.run(TRAIN + common + ["--ckpt_save_dir", str(run_dir), "--resume", str(run_dir)],
                              cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resumed from" in resumed.stdout
-    a, meta_a = _weights(tmp_path / "ref" / "mobilenet_v2_035-3_20.ckpt")
-    b, meta_b = _weights(run_dir / "mobilenet_v2_035-3_20.ckpt")
-    assert meta_a["train_state"]["global_step"] == meta_b["train_state"]["global_step"] == 60
+    a, meta_a = _weights(tmp_path / "ref" / "mobilenet_v2_035-2_20.ckpt")
+    b, meta_b = _weights(run_dir / "mobilenet_v2_035-2_20.ckpt")
+    assert meta_a["train_state"]["global_step"] == meta_b["train_state"]["global_step"] == 40
     # Another process on the same machine, the same data order and kernels: bit for bit, not "close".
     for name in a:
         np.testing.assert_array_equal(b[name], a[name], err_msg=name)
@@ -326,6 +340,8 @@ def test_signal_saves_resumable_checkpoint(sig, fm, tmp_path):
     _, meta = _weights(saved)
     ts = meta["train_state"]
     assert ts["global_step"] == ts["epoch"] * 20 + ts["step_in_epoch"] > 0
+    if sig == signal.SIGTERM:
+        return  # resuming from the saved file is the same path for both signals; it runs once
     resumed = subprocess.run(TRAIN + common + ["--resume", str(run_dir)], cwd=ROOT, capture_output=True, text=True,
                              timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
