@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import yaml
 
-from .constants import (AUTO_AUGMENT_PREFIXES, DEFAULT_CROP_PCT, DEFAULT_DROP_RATE, DEFAULT_INTERPOLATION,
+from .constants import (AUTO_AUGMENT_PREFIXES, CPU_ISA_CHOICES, DEFAULT_CROP_PCT, DEFAULT_DROP_RATE, DEFAULT_INTERPOLATION,
                         DEPTHWISE_KERNELS, INTERPOLATIONS, OPTIMIZERS, OUTPUT_STRIDES, PADDINGS, SCHEDULERS,
                         WEIGHT_DECAY_FILTERS)
 
@@ -45,6 +45,9 @@ class Config:
     val_interval: int = _f(1, "validate every N epochs when val_while_train [engine.trainer]")
     log_interval: int = _f(100, "print/log a training line every N steps [engine.trainer]")
     seed: int = _f(42, "seed for python, numpy, mindspore and the data pipeline [engine.context]")
+    cpu_isa: str = _f("auto", "CPU only: instruction-set cap of MindSpore's oneDNN kernels; auto = the fastest "
+                              "measured on this CPU (once, cached), DEFAULT = no cap; ONEDNN_MAX_CPU_ISA in the "
+                              "environment wins [ops.cpu_isa.choose]", CPU_ISA_CHOICES)
 
     # ---- dataset -----------------------------------------------------------------------
     dataset: str = _f("imagenet", "dataset layout; imagenet and imagefolder both mean data_dir/<split>/<class>/<image> "

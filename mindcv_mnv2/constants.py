@@ -15,6 +15,9 @@ PADDINGS: Tuple[str, ...] = ("symmetric", "tf_same")  # MindCV/torchvision, Tens
 OUTPUT_STRIDES: Tuple[int, ...] = (8, 16, 32)
 DEFAULT_DROP_RATE = 0.2  # MindCV's dropout before the classifier
 DEPTHWISE_KERNELS: Tuple[str, ...] = ("auto", "native", "aot")  # ops.apply_depthwise_kernel
+# oneDNN instruction-set caps (ONEDNN_MAX_CPU_ISA values) and auto / DEFAULT (ops.cpu_isa.choose)
+CPU_ISA_CHOICES: Tuple[str, ...] = ("auto", "DEFAULT", "AVX512_CORE_AMX", "AVX512_CORE_BF16", "AVX512_CORE_VNNI",
+                                    "AVX512_CORE", "AVX2_VNNI", "AVX2", "AVX", "SSE41")
 
 # ---- evaluation preprocessing (models.registry entries, data.create_transforms defaults)
 IMAGENET_MEAN: Tuple[float, float, float] = (123.675, 116.28, 103.53)  # RGB on 0-255 pixels

@@ -1,4 +1,4 @@
-"""Process-wide MindSpore setup: device, execution mode, seeds."""
+"""Process-wide MindSpore setup: device, execution mode, seeds, and on CPU the kernels' instruction set."""
 from __future__ import annotations
 
 import logging
@@ -9,14 +9,22 @@ import numpy as np
 log = logging.getLogger("mindcv_mnv2")
 
 
-def setup_context(mode: int, device_target: str = "auto", seed: int = 42) -> str:
-    """Select device and graph (0) / PyNative (1) mode, seed every RNG; returns the device used."""
+def setup_context(mode: int, device_target: str = "auto", seed: int = 42, cpu_isa: str = "auto") -> str:
+    """Select device and graph (0) / PyNative (1) mode, seed every RNG; returns the device used.
+
+    On CPU, ``cpu_isa`` chooses the oneDNN instruction-set cap first (ops.cpu_isa.choose): it takes
+    effect when no MindSpore kernel has run yet in this process, as in train.py and validate.py.
+    """
     import mindspore as ms
     import mindspore.dataset as ds
 
     built_for = ms.get_context("device_target") or "CPU"  # the package's own backend (CPU/GPU/Ascend wheel)
     if device_target == "auto":
         device_target = built_for
+    if device_target == "CPU":
+        from ..ops import cpu_isa as isa
+
+        isa.choose(cpu_isa)
     elif device_target not in (built_for, "CPU"):
         from ..config import ConfigError
 

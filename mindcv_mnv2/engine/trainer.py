@@ -16,7 +16,7 @@ from ..checkpoint import load_weights, read_checkpoint
 from ..config import Config, ConfigError
 from ..distributed import DistInfo, init_distributed
 from ..errors import Interrupted, TrainingDiverged  # noqa: F401  (raised here; re-exported)
-from ..ops import kernel_in_use
+from ..ops import cpu_isa, kernel_in_use
 from . import builders
 from .checkpointing import (CheckpointKeeper, find_resume_checkpoint, prepare_run_dir, restore_run_tensors,
                             resume_position, run_meta, run_tensors)
@@ -41,7 +41,7 @@ class Trainer:
 
     def __init__(self, cfg: Config, explicit_keys: Optional[frozenset] = None) -> None:
         self.cfg = cfg
-        self.device = setup_context(cfg.mode, cfg.device_target, cfg.seed)
+        self.device = setup_context(cfg.mode, cfg.device_target, cfg.seed, cfg.cpu_isa)
         self.dist: DistInfo = init_distributed(cfg.distribute, self.device)
         self.run_dir = cfg.ckpt_save_dir
         resume_path = self._resume_source()
@@ -50,6 +50,8 @@ class Trainer:
             prepare_run_dir(self.run_dir, resuming=bool(resume_path))
         self.log = setup_logging(self.run_dir, self.dist.rank, self.dist.world)
         self.metrics = MetricsWriter(os.path.join(self.run_dir, "metrics.jsonl") if self.dist.is_main else None)
+        if self.device == "CPU":
+            self.log.info(cpu_isa.describe())
         if cfg.dataset_sink_mode:
             # MindSpore has no device queue on CPU; on GPU/Ascend this engine also feeds each step
             # from the host (one compiled step per batch), which keeps NaN checks and progress exact.

@@ -64,9 +64,13 @@ def validate(cfg: Config, use_ema: bool = True, output_json: Optional[str] = Non
     from ..checkpoint import CheckpointError
 
     _check_path(cfg.ckpt_path)
-    device = setup_context(cfg.mode, cfg.device_target, cfg.seed)
+    device = setup_context(cfg.mode, cfg.device_target, cfg.seed, cfg.cpu_isa)
     dist = init_distributed(cfg.distribute, device, require_launcher=False)  # recipes say distribute: True
     setup_logging(None, dist.rank, dist.world)
+    if device == "CPU":
+        from ..ops import cpu_isa
+
+        log.info(cpu_isa.describe())
     if cfg.ckpt_path.lower().endswith(".mindir"):
         scorer = _load_mindir(cfg, explicit_keys)
     else:
