@@ -182,9 +182,8 @@ def _top_k(probs: np.ndarray, k: int, names: Sequence[str]) -> List[Dict[str, An
 def predict(ckpt_path: str, paths: Sequence[str], top_k: int = 5,
             labels: Union[None, str, Sequence[str]] = None, batch_size: int = 32) -> List[Dict[str, Any]]:
     """Classify images; one dict per file: {"path", "top_k": [{"index", "label", "prob"}]} or {"path", "error"}."""
-    import mindspore as ms
-
-    from mindcv_mnv2.checkpoint import load_model
+    from .checkpoint import load_model
+    from .engine.evaluator import inference_net
 
     if isinstance(paths, str):
         paths = [paths]
@@ -197,8 +196,8 @@ def predict(ckpt_path: str, paths: Sequence[str], top_k: int = 5,
         raise PredictError(f"no images found in {', '.join(map(str, paths)) or '(no paths given)'} "
                            f"(looked for {', '.join(IMAGE_EXTENSIONS)} files)")
     net = load_model(ckpt_path)
-    net.set_train(False)
     meta = getattr(net, "checkpoint_meta", None) or {}
+    forward = inference_net(net)
     names = class_names_for(meta, int(net.num_classes), labels)
     facts = meta.get("eval") or {}
     if not facts.get("image_size"):
@@ -209,7 +208,7 @@ def predict(ckpt_path: str, paths: Sequence[str], top_k: int = 5,
     pending: List[Tuple[int, np.ndarray]] = []  # (index into results, preprocessed image)
 
     def flush() -> None:
-        probs = softmax(net(ms.Tensor(np.stack([a for _, a in pending]))).asnumpy())
+        probs = softmax(forward(np.stack([a for _, a in pending])))
         for (i, _), p in zip(pending, probs):
             results[i]["top_k"] = _top_k(p, k, names)
         pending.clear()

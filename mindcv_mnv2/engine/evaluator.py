@@ -59,27 +59,57 @@ def run_eval(forward, batches: Iterable, num_images: int, batch_size: int, dist:
 
 
 class EvalNet:
-    """A compiled inference copy of the network, refreshed from training or EMA weights."""
+    """A compiled inference copy of the network, refreshed from training or EMA weights.
+
+    Where the network runs on the C++ depthwise kernel (CPU), the copy has every BatchNorm folded
+    into its convolution and bias, ReLU6 and residual adds fused into one pass (models.fold, ops):
+    the same outputs to float rounding, 2-3x faster. Elsewhere the network itself is compiled.
+    """
 
     def __init__(self, net, amp_level: str = "O0") -> None:
         import mindspore as ms
 
+        from ..ops import kernel_in_use
+
+        self._names = [p.name for p in net.get_parameters()]
+        if amp_level == "O0" and kernel_in_use(net) == "aot":
+            from ..models.fold import FoldedMobileNetV2
+            from ..ops.depthwise import fused_depthwise, fused_epilogue
+
+            net = FoldedMobileNetV2(net, fused_epilogue, fused_depthwise)
         self.net = net
+        self.folded = hasattr(net, "refresh")
         self.net.set_train(False)
         if amp_level != "O0":
             ms.amp.auto_mixed_precision(self.net, amp_level)
         self._params = {p.name: p for p in self.net.get_parameters()}
 
     def load_from(self, params: Dict[str, object], prefix: str = "") -> None:
-        """Copy ``prefix + name`` tensors (e.g. prefix 'ema.') from a name->Parameter dict."""
+        """Take the network's tensors from a name->Parameter dict under ``prefix`` (e.g. 'ema.')."""
+        def value(name: str):
+            p = params[prefix + name]
+            return p.value() if hasattr(p, "value") else p
+
+        if self.folded:
+            self.net.refresh({name: value(name) for name in self._names})
+            return
         for name, p in self._params.items():
-            p.set_data(params[prefix + name].value() if hasattr(params[prefix + name], "value")
-                       else params[prefix + name])
+            p.set_data(value(name))
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         import mindspore as ms
 
         return self.net(ms.Tensor(images)).asnumpy()
+
+
+def inference_net(net, depthwise_kernel: str = "auto") -> EvalNet:
+    """``net`` (eval mode, weights loaded) as validation runs it on this process's device."""
+    import mindspore as ms
+
+    from ..ops import apply_depthwise_kernel
+
+    apply_depthwise_kernel(net, depthwise_kernel, ms.get_context("device_target") or "CPU")
+    return EvalNet(net)
 
 
 def evaluate(eval_net: EvalNet, loader, dist: DistInfo = DistInfo(), desc: str = "val",
