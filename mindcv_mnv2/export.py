@@ -1,9 +1,14 @@
-"""Export a checkpoint to MINDIR or ONNX for deployment, and load a MINDIR back for inference.
+"""Export a checkpoint to MINDIR or ONNX (fp32, or int8 ONNX), and load exported files back.
 
 Usage::
 
     python -m mindcv_mnv2.export --ckpt_path X.ckpt --format MINDIR|ONNX [--image_size N]
         [--batch_size B] [--output PATH] [--no_ema]
+    python -m mindcv_mnv2.export --ckpt_path X.ckpt --format ONNX --int8 --calibration_dir DIR
+        [--calibration_images N]
+
+validate.py and predict score the exported files as they score checkpoints (MINDIR through
+MindSpore, ONNX through onnxruntime), with the preprocessing recorded inside them.
 
 Input of every exported graph: float32 NCHW images, already resized, center-cropped and
 normalized with the checkpoint's eval facts (``mean``/``std`` on 0-255 pixels); output: logits
@@ -26,12 +31,15 @@ import json
 import os
 import sys
 import tempfile
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
 FORMATS = {"MINDIR": ".mindir", "ONNX": ".onnx"}
 META_KEY = "mindcv_mnv2"
+INT8_CALIBRATION_IMAGES = 256  # enough for stable activation ranges; more costs time, not accuracy
+# Extra arguments of onnxruntime's quantize_static, in one place (chosen by measurement, BENCHMARKS.md).
+INT8_OPTIONS: Dict[str, Any] = {}
 
 
 from .errors import ExportError  # noqa: E402,F401  (raised here; re-exported)
@@ -58,9 +66,11 @@ def _export_meta(net: Any, shape: Sequence[int], fmt: str) -> Dict[str, Any]:
     meta = dict(getattr(net, "checkpoint_meta", None) or {})
     facts = dict(meta.get("eval") or {})
     facts["image_size"] = int(shape[-1])
+    arch = {"width_mult": net.width_mult, "padding": net.padding, "output_stride": net.output_stride,
+            "in_channels": net.in_channels}
     return {"format": "mindcv_mnv2-export/1", "export_format": fmt, "model": meta.get("model"),
             "input_shape": [int(s) for s in shape], "input_layout": "NCHW float32, normalized",
-            "dynamic_batch": fmt == "ONNX", "num_classes": int(net.num_classes),
+            "dynamic_batch": fmt == "ONNX", "num_classes": int(net.num_classes), "model_kwargs": arch,
             "eval": facts, "class_names": meta.get("class_names")}
 
 
@@ -94,9 +104,21 @@ def _write_onnx(net: Any, x: Any, target: str, meta: Dict[str, Any]) -> None:
 
 
 def export_model(ckpt_path: str, fmt: str, image_size: Optional[int] = None, batch_size: int = 1,
-                 output: Optional[str] = None, use_ema: bool = True) -> str:
-    """Export a checkpoint to MINDIR or ONNX (written atomically, mode 0644); returns the path."""
+                 output: Optional[str] = None, use_ema: bool = True, int8: bool = False,
+                 calibration_dir: Optional[str] = None, calibration_images: int = INT8_CALIBRATION_IMAGES) -> str:
+    """Export a checkpoint to MINDIR or ONNX (written atomically, mode 0644); returns the path.
+
+    ``int8`` (ONNX only) writes a statically quantized model calibrated on ``calibration_dir``.
+    """
     fmt = _check_request(fmt, image_size, batch_size)  # before paying for the MindSpore import
+    calibration = None
+    if int8:
+        if fmt != "ONNX":
+            raise ExportError("--int8 writes ONNX (onnxruntime's int8 kernels); use --format ONNX")
+        if not calibration_dir:
+            raise ExportError("--int8 needs --calibration_dir: a folder of your images (an ImageFolder or a flat "
+                              "folder) to measure activation ranges on")
+        calibration = _calibration_files(calibration_dir, calibration_images)
     import mindspore as ms
 
     from mindcv_mnv2.checkpoint import load_model
@@ -120,6 +142,8 @@ def export_model(ckpt_path: str, fmt: str, image_size: Optional[int] = None, bat
     os.close(fd)
     try:
         (_write_mindir if fmt == "MINDIR" else _write_onnx)(net, x, tmp, info)
+        if calibration is not None:
+            _quantize_int8(tmp, calibration, info)
         os.chmod(tmp, 0o644)  # MindSpore creates exported files read-only (0400)
         os.replace(tmp, output)
     finally:
@@ -129,12 +153,100 @@ def export_model(ckpt_path: str, fmt: str, image_size: Optional[int] = None, bat
     return output
 
 
+# ----------------------------------------------------------------------------- int8
+
+def _calibration_files(folder: str, limit: int) -> List[str]:
+    """Up to ``limit`` image files of ``folder`` (walked recursively), spread over its sorted list."""
+    from .predict import collect_images
+
+    if not os.path.isdir(folder):
+        raise ExportError(f"--calibration_dir {folder} is not a folder; pass a folder of images")
+    if not isinstance(limit, int) or limit < 1:
+        raise ExportError(f"--calibration_images must be >= 1, got {limit!r}")
+    files = [f for f, err in collect_images([folder]) if err is None]
+    if not files:
+        raise ExportError(f"--calibration_dir {folder} holds no image files (looked for .jpg, .png, ...); pass a "
+                          f"folder of the images the model will see")
+    if len(files) > limit:  # evenly over the sorted list: every class of an ImageFolder is represented
+        files = [files[int(i * len(files) / limit)] for i in range(limit)]
+    return files
+
+
+def _quantize_int8(path: str, files: List[str], info: Dict[str, Any]) -> None:
+    """Replace the fp32 ONNX at ``path`` by a statically quantized one calibrated on ``files``.
+
+    QDQ format (onnxruntime fuses QuantizeLinear/DequantizeLinear pairs into its int8 kernels and
+    it is the format other runtimes read); int8 weights per output channel (MobileNetV2's depthwise
+    filters differ by orders of magnitude between channels: one scale per tensor would flatten the
+    small ones); uint8 activations, per tensor, with ranges from the calibration images through the
+    checkpoint's own eval preprocessing. What was done is recorded in the file's metadata.
+    """
+    import onnx
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from .predict import eval_transforms, preprocess
+
+    facts = info["eval"]
+    transforms = eval_transforms(facts)
+    batch = []
+    for f in files:
+        try:
+            batch.append(preprocess(f, facts, transforms))
+        except (OSError, ValueError, SyntaxError, RuntimeError):
+            continue  # an unreadable file among many is skipped; none readable is an error below
+    if not batch:
+        raise ExportError(f"none of the {len(files)} calibration files could be read as an image")
+    fixed = info["input_shape"][0] if not info.get("dynamic_batch") else None
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            step = fixed or 1
+            self.items = iter([{"image": np.stack(batch[i:i + step])} for i in range(0, len(batch) - step + 1, step)])
+
+        def get_next(self):
+            return next(self.items, None)
+
+    prepped = path + ".pre.onnx"
+    quantized = path + ".int8.onnx"
+    try:
+        quant_pre_process(path, prepped, skip_symbolic_shape=True)  # folds BatchNorm, infers shapes
+        model = onnx.load(prepped)
+        if min(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) < 13:
+            # per-channel DequantizeLinear (its axis attribute) needs opset 13; MindSpore exports 11
+            from onnx import version_converter
+
+            onnx.save(version_converter.convert_version(model, 13), prepped)
+        quantize_static(prepped, quantized, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax, **INT8_OPTIONS)
+        model = onnx.load(quantized)
+        meta = dict(info, int8={"format": "QDQ", "weights": "int8, per output channel",
+                                "activations": "uint8, per tensor", "calibration": "MinMax",
+                                "calibration_images": len(batch), "nodes_kept_float": "none",
+                                **{k: str(v) for k, v in INT8_OPTIONS.items()}})
+        for prop in model.metadata_props:
+            if prop.key == META_KEY:
+                prop.value = json.dumps(meta)
+        onnx.save(model, path)
+    finally:
+        for leftover in (prepped, quantized, prepped + ".data"):
+            if os.path.exists(leftover):
+                os.remove(leftover)
+
+
+
 def read_export_meta(path: str) -> Optional[Dict[str, Any]]:
     """The mindcv_mnv2 metadata stored in an exported MINDIR/ONNX file (None if absent)."""
     if path.lower().endswith(".onnx"):
         import onnx
 
-        props = {p.key: p.value for p in onnx.load(path, load_external_data=False).metadata_props}
+        try:
+            props = {p.key: p.value for p in onnx.load(path, load_external_data=False).metadata_props}
+        except Exception as exc:  # onnx raises DecodeError and friends for damaged files
+            raise ExportError(f"{path} is not a readable ONNX file ({_first_line(exc)}); re-export it with "
+                              f"python -m mindcv_mnv2.export") from None
         raw = props.get(META_KEY)
     else:
         from mindspore.train import mind_ir_pb2
@@ -169,9 +281,66 @@ def load_mindir(path: str) -> Any:
     return cell
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:200]
+
+
+class OnnxModel:
+    """An ONNX file on onnxruntime's CPU provider: ``model(images) -> logits`` (NCHW float32 in).
+
+    ``input_shape`` is (batch or None, C, H, W) as the file declares it; ``export_meta`` is this
+    toolkit's metadata (preprocessing, class names), None for files made elsewhere.
+    """
+
+    def __init__(self, path: str) -> None:
+        if not os.path.isfile(path):
+            raise ExportError(f"ONNX file not found: {path}")
+        import onnxruntime as ort
+
+        from .data.loader import cpu_count
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = cpu_count()
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as OMP_WAIT_POLICY: share cores
+        try:
+            self.session = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
+            raise ExportError(f"{path}: onnxruntime cannot load it ({_first_line(exc)}); re-export it with "
+                              f"python -m mindcv_mnv2.export") from None
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1 or len(inputs[0].shape) != 4:
+            raise ExportError(f"{path}: expected one NCHW image input, found {[(i.name, i.shape) for i in inputs]}")
+        self.input_name = inputs[0].name
+        self.input_shape = tuple(d if isinstance(d, int) else None for d in inputs[0].shape)
+        self.export_meta = read_export_meta(path)
+        self.num_classes = self.session.get_outputs()[0].shape[-1]
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        """Logits of a batch (a fixed batch size declared by the file is honoured by padding)."""
+        images = np.ascontiguousarray(images, np.float32)
+        batch = self.input_shape[0]
+        if batch is None or batch == len(images):
+            return self.session.run(None, {self.input_name: images})[0]
+        return run_fixed_batch(lambda x: self.session.run(None, {self.input_name: x})[0], images, batch)
+
+
+def load_onnx(path: str) -> OnnxModel:
+    """An ONNX file ready to score (see OnnxModel); one ExportError if onnxruntime cannot load it."""
+    return OnnxModel(path)
+
+
 def run_fixed_batch(cell: Any, images: np.ndarray, batch_size: int) -> np.ndarray:
-    """Run ``cell`` on any number of images in batches of exactly ``batch_size`` (last one padded)."""
+    """Run ``cell`` on any number of images in batches of exactly ``batch_size`` (last one padded).
+
+    ``cell`` is a MindSpore cell (Tensor in, Tensor out) or a function of numpy arrays.
+    """
     import mindspore as ms
+
+    def run(chunk: np.ndarray) -> np.ndarray:
+        if isinstance(cell, ms.nn.Cell):
+            return cell(ms.Tensor(chunk)).asnumpy()
+        return np.asarray(cell(chunk))
 
     outs = []
     for start in range(0, len(images), batch_size):
@@ -179,7 +348,7 @@ def run_fixed_batch(cell: Any, images: np.ndarray, batch_size: int) -> np.ndarra
         n = len(chunk)
         if n < batch_size:  # pad with copies of the last image; their outputs are dropped
             chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - n, axis=0)])
-        outs.append(cell(ms.Tensor(np.ascontiguousarray(chunk, np.float32))).asnumpy()[:n])
+        outs.append(run(np.ascontiguousarray(chunk, np.float32))[:n])
     return np.concatenate(outs) if outs else np.zeros((0,), np.float32)
 
 
@@ -194,10 +363,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--batch_size", type=int, default=1, help="batch size recorded in the graph")
     parser.add_argument("--output", default=None, help="output file (default: next to the checkpoint)")
     parser.add_argument("--no_ema", action="store_true", help="export the raw weights, not the EMA ones")
+    parser.add_argument("--int8", action="store_true", help="ONNX only: statically quantized int8 model")
+    parser.add_argument("--calibration_dir", default=None, help="with --int8: images to calibrate on")
+    parser.add_argument("--calibration_images", type=int, default=INT8_CALIBRATION_IMAGES,
+                        help=f"with --int8: how many of them (default {INT8_CALIBRATION_IMAGES})")
     args = parser.parse_args(argv)
     try:
         path = export_model(args.ckpt_path, args.fmt, image_size=args.image_size,
-                            batch_size=args.batch_size, output=args.output, use_ema=not args.no_ema)
+                            batch_size=args.batch_size, output=args.output, use_ema=not args.no_ema,
+                            int8=args.int8, calibration_dir=args.calibration_dir,
+                            calibration_images=args.calibration_images)
     except (ValueError, OSError) as exc:  # ExportError, CheckpointError, unwritable output
         print(f"error: {exc}", file=sys.stderr)
         return 2

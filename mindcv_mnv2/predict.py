@@ -182,9 +182,6 @@ def _top_k(probs: np.ndarray, k: int, names: Sequence[str]) -> List[Dict[str, An
 def predict(ckpt_path: str, paths: Sequence[str], top_k: int = 5,
             labels: Union[None, str, Sequence[str]] = None, batch_size: int = 32) -> List[Dict[str, Any]]:
     """Classify images; one dict per file: {"path", "top_k": [{"index", "label", "prob"}]} or {"path", "error"}."""
-    from .checkpoint import load_model
-    from .engine.evaluator import inference_net
-
     if isinstance(paths, str):
         paths = [paths]
     if not isinstance(top_k, int) or top_k < 1:
@@ -195,10 +192,8 @@ def predict(ckpt_path: str, paths: Sequence[str], top_k: int = 5,
     if not any(err is None for _, err in entries):
         raise PredictError(f"no images found in {', '.join(map(str, paths)) or '(no paths given)'} "
                            f"(looked for {', '.join(IMAGE_EXTENSIONS)} files)")
-    net = load_model(ckpt_path)
-    meta = getattr(net, "checkpoint_meta", None) or {}
-    forward = inference_net(net)
-    names = class_names_for(meta, int(net.num_classes), labels)
+    forward, meta, num_classes = _load_scorer(ckpt_path)
+    names = class_names_for(meta, num_classes, labels)
     facts = meta.get("eval") or {}
     if not facts.get("image_size"):
         raise PredictError(f"{ckpt_path} records no eval image size; it cannot say how to preprocess")
@@ -227,6 +222,39 @@ def predict(ckpt_path: str, paths: Sequence[str], top_k: int = 5,
     return results
 
 
+def _load_scorer(path: str):
+    """(images -> logits, meta with eval facts and class names, class count) for a model file.
+
+    A checkpoint runs as validation runs it; an exported ONNX (onnxruntime) or MINDIR file with the
+    preprocessing recorded inside it at export.
+    """
+    low = path.lower()
+    if low.endswith((".onnx", ".mindir")):
+        from .export import load_mindir, load_onnx
+
+        if low.endswith(".onnx"):
+            model = load_onnx(path)
+            forward = model
+        else:
+            model = load_mindir(path)
+            import mindspore as ms
+
+            def forward(images):
+                return model(ms.Tensor(images)).asnumpy()
+        meta = model.export_meta
+        if not meta:
+            raise PredictError(f"{path} carries no mindcv_mnv2 preprocessing metadata (it was not written by "
+                               f"python -m mindcv_mnv2.export); predict cannot know how to feed it: export it "
+                               f"with this toolkit, or score it with validate.py and explicit --image_resize "
+                               f"--mean --std")
+        return forward, meta, int(meta["num_classes"])
+    from .checkpoint import load_model
+    from .engine.evaluator import inference_net
+
+    net = load_model(path)
+    return inference_net(net), getattr(net, "checkpoint_meta", None) or {}, int(net.num_classes)
+
+
 # ----------------------------------------------------------------------------- CLI
 def _print_text(results: Sequence[Mapping[str, Any]]) -> None:
     for r in results:
@@ -242,7 +270,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """CLI entry point: 0 all classified, 1 some files failed, 2 bad request."""
     parser = argparse.ArgumentParser(prog="python -m mindcv_mnv2.predict",
                                      description="Classify images with a checkpoint (top-k + softmax).")
-    parser.add_argument("--ckpt_path", required=True, help="checkpoint to use")
+    parser.add_argument("--ckpt_path", required=True, help="checkpoint, or a model exported by mindcv_mnv2.export "
+                                                          "(.onnx through onnxruntime, .mindir)")
     parser.add_argument("paths", nargs="+", help="image files and/or directories (walked recursively)")
     parser.add_argument("--top_k", type=int, default=5, help="classes to print per image")
     parser.add_argument("--labels", default=None, help="label file (one name per line, or 'index name' / "

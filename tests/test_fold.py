@@ -37,28 +37,11 @@ FACTOR = 10.0
 
 
 def _trained_like(width, seed=0, **kw):
-    """A network whose BatchNorm parameters and statistics are far from their init: random gamma/beta,
-    He fan-in kernels and statistics from train-mode passes over photos, so that (as in a trained
-    network, unlike a freshly initialised one) the outputs depend on the input."""
+    """A network whose outputs depend on the input, as a trained one's do (tests/_nets.py)."""
+    from ._nets import make_input_sensitive
+
     ms.set_seed(seed)
-    net = MobileNetV2(width, num_classes=7, drop_rate=0.0, **kw)
-    rng = np.random.default_rng(seed)
-    for p in net.get_parameters():
-        if p.name.endswith(".weight") and len(p.shape) == 4:
-            fan_in = p.shape[1] * p.shape[2] * p.shape[3]
-            p.set_data(ms.Tensor(rng.normal(0, np.sqrt(2.0 / fan_in), p.shape).astype(np.float32)))
-        elif p.name.endswith("beta"):
-            p.set_data(ms.Tensor(rng.normal(0, 0.3, p.shape).astype(np.float32)))
-        elif p.name.endswith("gamma"):
-            p.set_data(ms.Tensor(rng.uniform(0.5, 1.5, p.shape).astype(np.float32)))
-        elif p.name == "classifier.1.weight":
-            p.set_data(ms.Tensor(rng.normal(0, 0.1, p.shape).astype(np.float32)))
-    calib = ms.Tensor(_photos(10, 8))
-    net.set_train(True)
-    for _ in range(20):  # momentum 0.9: 20 passes leave 12% of the init statistics
-        net(calib)
-    net.set_train(False)
-    return net
+    return make_input_sensitive(MobileNetV2(width, num_classes=7, drop_rate=0.0, **kw), _photos(10, 8), seed)
 
 
 def test_fold_conv_bn_is_the_affine_map():

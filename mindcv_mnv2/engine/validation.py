@@ -1,4 +1,5 @@
-"""validate.py's job: score one checkpoint (ours, MindCV's, or an exported MINDIR) exactly."""
+"""validate.py's job: score one model file exactly: a checkpoint (ours or MindCV's), or an exported
+MINDIR (MindSpore) or ONNX file (onnxruntime, fp32 or int8)."""
 from __future__ import annotations
 
 import json
@@ -38,7 +39,7 @@ def _check_path(ckpt_path: str) -> None:
 
     if not ckpt_path:
         raise ConfigError("ckpt_path: validate.py scores a trained checkpoint; pass --ckpt_path FILE "
-                          "(.ckpt or exported .mindir). Refusing to score random weights")
+                          "(.ckpt, or an exported .mindir / .onnx). Refusing to score random weights")
     if not os.path.exists(ckpt_path):
         raise CheckpointError(f"ckpt_path: '{ckpt_path}' does not exist")
     if os.path.isdir(ckpt_path):
@@ -73,6 +74,8 @@ def validate(cfg: Config, use_ema: bool = True, output_json: Optional[str] = Non
         log.info(cpu_isa.describe())
     if cfg.ckpt_path.lower().endswith(".mindir"):
         scorer = _load_mindir(cfg, explicit_keys)
+    elif cfg.ckpt_path.lower().endswith(".onnx"):
+        scorer = _load_onnx(cfg, explicit_keys)
     else:
         scorer = _load_ckpt(cfg, use_ema, device, explicit_keys)
     cfg = scorer.cfg
@@ -117,6 +120,37 @@ def _load_ckpt(cfg: Config, use_ema: bool, device: str, explicit_keys: frozenset
     return Scorer(EvalNet(net, amp_level_for(device, cfg.val_amp_level)), meta.get("class_names"), cfg, num_classes)
 
 
+def _exported_config(cfg: Config, path: str, info: Optional[Dict[str, Any]], input_shape,
+                     explicit_keys: frozenset) -> Config:
+    """The recipe completed with what an exported file says: model, preprocessing, its fixed input size."""
+    if info is None:  # made elsewhere: the user says how to preprocess, or we refuse to guess
+        missing = [k for k in ("image_resize", "mean", "std") if k not in explicit_keys]
+        if missing:
+            raise ConfigError(f"{path} carries no mindcv_mnv2 preprocessing metadata (it was not written by "
+                              f"python -m mindcv_mnv2.export): give --{' --'.join(missing)} (and --crop_pct, "
+                              f"--interpolation if they differ from 0.875, bilinear) to score it")
+    else:
+        if info.get("model") and "model" not in explicit_keys:
+            cfg = cfg.replace(model=info["model"])
+        cfg = _eval_config(cfg, info.get("eval") or {}, explicit_keys)
+    size = input_shape[-1] if input_shape else None
+    if size is not None:
+        if "image_resize" in explicit_keys and cfg.image_resize != size:
+            raise ConfigError(f"image_resize: {path} takes {size} px images (fixed at export) but the recipe says "
+                              f"{cfg.image_resize}; drop --image_resize, or export again with --image_size "
+                              f"{cfg.image_resize}")
+        cfg = cfg.replace(image_resize=int(size))
+    if input_shape and input_shape[0] is not None:  # a graph exported for one batch size
+        cfg = cfg.replace(batch_size=int(input_shape[0]))
+    return resolve_model_defaults(cfg, _model_defaults())
+
+
+def _model_defaults():
+    from ..models.registry import model_defaults
+
+    return model_defaults
+
+
 def _load_mindir(cfg: Config, explicit_keys: frozenset = frozenset()) -> Scorer:
     """An exported graph: its batch size and input size are fixed, its eval facts travel inside it."""
     import mindspore as ms
@@ -124,14 +158,21 @@ def _load_mindir(cfg: Config, explicit_keys: frozenset = frozenset()) -> Scorer:
     from ..export import load_mindir
 
     cell = load_mindir(cfg.ckpt_path)
-    info = cell.export_meta or {}
-    if info.get("model"):
-        cfg = cfg.replace(model=info["model"])
-    cfg = _eval_config(cfg, info.get("eval") or {}, explicit_keys)
-    if cell.input_shape:
-        cfg = cfg.replace(batch_size=int(cell.input_shape[0]), image_resize=int(cell.input_shape[-1]))
+    info = cell.export_meta
+    cfg = _exported_config(cfg, cfg.ckpt_path, info, cell.input_shape, explicit_keys)
 
     def forward(images):
         return cell(ms.Tensor(images)).asnumpy()
 
-    return Scorer(forward, info.get("class_names"), cfg, info.get("num_classes"))
+    return Scorer(forward, (info or {}).get("class_names"), cfg, (info or {}).get("num_classes"))
+
+
+def _load_onnx(cfg: Config, explicit_keys: frozenset = frozenset()) -> Scorer:
+    """An ONNX file through onnxruntime (fp32 or int8); dynamic batch unless exported otherwise."""
+    from ..export import load_onnx
+
+    model = load_onnx(cfg.ckpt_path)
+    info = model.export_meta
+    cfg = _exported_config(cfg, cfg.ckpt_path, info, model.input_shape, explicit_keys)
+    classes = (info or {}).get("num_classes") or (model.num_classes if isinstance(model.num_classes, int) else None)
+    return Scorer(model, (info or {}).get("class_names"), cfg, classes)
