@@ -269,7 +269,7 @@ def load_weights(net, source: Any, strict: bool = True, drop_classifier: bool = 
     """Copy checkpoint tensors into `net` (names unchanged); strict: one error lists every problem.
 
     Returns a report {"loaded", "missing", "unexpected", "mismatched", "skipped"} of names.
-    drop_classifier=True skips classifier.* tensors whose shapes differ (fine-tuning).
+    drop_classifier=True skips the checkpoint's classifier.* tensors (fine-tuning: the head keeps its init).
     """
     import mindspore as ms
 
@@ -284,11 +284,10 @@ def load_weights(net, source: Any, strict: bool = True, drop_classifier: bool = 
         p = params.get(name)
         if p is None:
             report["unexpected"].append(name)
+        elif drop_classifier and name.startswith("classifier."):
+            report["skipped"].append(name)
         elif tuple(arr.shape) != tuple(p.shape):
-            if drop_classifier and name.startswith("classifier."):
-                report["skipped"].append(name)
-            else:
-                report["mismatched"].append(name)
+            report["mismatched"].append(name)
     handled = set(state) - set(report["unexpected"])
     report["missing"] = [n for n in params if n not in handled]
     if strict and (report["missing"] or report["unexpected"] or report["mismatched"]):

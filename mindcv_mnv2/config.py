@@ -111,6 +111,12 @@ class Config:
                                        "~2x faster CPU training, same results to float rounding), native = "
                                        "nn.Conv2d, auto = aot on CPU, native elsewhere [ops.apply_depthwise_kernel]",
                                DEPTHWISE_KERNELS)
+    freeze_layer: str = _f("none", "fine-tuning: none, backbone (only the classifier trains), or N (the first N "
+                                   "entries of features frozen; ModelZoo's key) [engine.finetune]")
+    filter_head: bool = _f(False, "with ckpt_path: load everything but the classifier (ModelZoo's key) "
+                                  "[engine.trainer]")
+    cache_features: bool = _f(True, "with freeze_layer: backbone and no random augmentation, compute the "
+                                    "backbone's features once and train the head on them [engine.finetune]")
     pretrained: bool = _f(False, "initialise from ckpt_path (nothing is downloaded) [checkpoint.load_weights]")
     ckpt_path: str = _f("", "checkpoint to initialise from, or to score in validate.py [checkpoint.load_weights]")
     resume_opt: bool = _f(False, "with ckpt_path: also restore optimizer, EMA, epoch and step [engine.trainer]")
@@ -271,6 +277,8 @@ def _coerce(key: str, v: Any) -> Any:
             return None
         hint = next(a for a in args if a is not type(None))
         origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if key == "freeze_layer" and isinstance(v, int) and not isinstance(v, bool):
+        return str(v)  # YAML reads `freeze_layer: 5` as a number
     if key == "re_value":
         if isinstance(v, str) and v.strip().lower() == "random":
             return "random"
@@ -353,6 +361,9 @@ def _validate(cfg: Config) -> None:
     if cfg.auto_augment is not None:
         need(cfg.auto_augment.split("-")[0] in AUTO_AUGMENT_PREFIXES, "auto_augment",
              f"policy must start with one of {', '.join(AUTO_AUGMENT_PREFIXES)}")
+    fl = cfg.freeze_layer.strip().lower()
+    need(fl in ("none", "backbone") or (fl.isdigit() and 0 <= int(fl) <= 23), "freeze_layer",
+         "must be none, backbone, or an integer from 0 to 23 (entries of features to freeze)")
     need(cfg.model.startswith("mobilenet_v2"), "model", "this toolkit builds MobileNetV2 models (mobilenet_v2_*)")
 
 

@@ -9,6 +9,8 @@ scores (checkpoint path, batch, EMA); each schema field's comment names its read
 from __future__ import annotations
 
 import logging
+
+import numpy as np
 from typing import AbstractSet, Any, Dict, Mapping, Optional, Sequence, Tuple
 
 from ..config import FIELDS, Config, ConfigError
@@ -124,6 +126,46 @@ def with_depthwise_kernel(cfg: Config, net, device_target: str):
     return net
 
 
+def frozen_layers(cfg: Config, net) -> int:
+    """How many entries of ``net.features`` ``freeze_layer`` freezes (0: none; backbone: all)."""
+    fl = cfg.freeze_layer.strip().lower()
+    if fl == "none":
+        return 0
+    if not (cfg.ckpt_path or cfg.resume):
+        raise ConfigError("freeze_layer: freezing layers of random weights trains nothing useful; set ckpt_path to "
+                          "the pretrained checkpoint (or resume a fine-tuning run)")
+    return len(net.features) if fl == "backbone" else min(int(fl), len(net.features))
+
+
+def feature_cache_plan(cfg: Config, frozen: int, total: int) -> Tuple[bool, str]:
+    """(train the head on cached features?, why): the whole backbone frozen and images that never change."""
+    if frozen < total:
+        return False, ("the backbone runs every step" if frozen else "")
+    random = [k for k, on in (("hflip", cfg.hflip > 0), ("vflip", cfg.vflip > 0), ("color_jitter", bool(cfg.color_jitter)),
+                              ("auto_augment", bool(cfg.auto_augment)), ("re_prob", cfg.re_prob > 0),
+                              ("mixup", cfg.mixup > 0), ("cutmix", cfg.cutmix > 0),
+                              ("scale/ratio", tuple(cfg.scale) != (1.0, 1.0) or tuple(cfg.ratio) != (1.0, 1.0)))
+              if on]
+    if random:
+        return False, (f"the frozen backbone runs every step (without gradients): random augmentation "
+                       f"({', '.join(random)}) changes the images every epoch")
+    if not cfg.cache_features:
+        return False, "the frozen backbone runs every step (cache_features: False)"
+    return True, "the head trains on the backbone's features, computed once (no random augmentation)"
+
+
+def feature_batches(cfg: Config, loader, training: bool):
+    """Batches of ``loader``'s images in file order with the run's deterministic transforms (for caching)."""
+    from ..data import ImageList, create_loader, create_transforms
+
+    images = ImageList(files=list(loader.files), labels=np.asarray(loader.labels), class_names=list(loader.class_names))
+    transforms = create_transforms(training, cfg.image_resize, **transform_args(cfg))
+    ordered = create_loader(images, batch_size=cfg.batch_size, is_training=False, transforms=transforms,
+                            shuffle=False, num_parallel_workers=cfg.num_parallel_workers)
+    desc = {"training": training, "size": cfg.image_resize, **transform_args(cfg)}
+    return ordered.dataset.create_tuple_iterator(num_epochs=1, output_numpy=True), desc
+
+
 def build_lr(cfg: Config, updates_per_epoch: int):
     """Per-update learning rates for the whole run."""
     from ..optim import create_lr_schedule
@@ -152,7 +194,7 @@ def build_loss(cfg: Config, num_classes: int):
     return create_loss(cfg.loss, num_classes, 0.0 if soft else cfg.label_smoothing, cfg.reduction)
 
 
-def build_train_step(cfg: Config, net, loss_fn, optimizer, dist: DistInfo):
+def build_train_step(cfg: Config, net, loss_fn, optimizer, dist: DistInfo, frozen: Sequence[str] = ()):
     """The compiled step with the recipe's loss scaling, clipping, EMA and accumulation."""
     from .train_step import TrainStep
 
@@ -165,4 +207,4 @@ def build_train_step(cfg: Config, net, loss_fn, optimizer, dist: DistInfo):
                      dynamic_loss_scale=cfg.loss_scale_type in ("dynamic", "auto"),
                      drop_overflow_update=cfg.drop_overflow_update, clip_grad=cfg.clip_grad,
                      clip_value=cfg.clip_value, ema_decay=cfg.ema_decay if cfg.ema else None,
-                     accumulate=cfg.gradient_accumulation_steps, grad_reducer=reducer)
+                     accumulate=cfg.gradient_accumulation_steps, grad_reducer=reducer, ema_exclude=frozen)

@@ -86,8 +86,8 @@ class EvalNet:
 
     def load_from(self, params: Dict[str, object], prefix: str = "") -> None:
         """Take the network's tensors from a name->Parameter dict under ``prefix`` (e.g. 'ema.')."""
-        def value(name: str):
-            p = params[prefix + name]
+        def value(name: str):  # a frozen layer has no EMA copy: its weights are its average
+            p = params.get(prefix + name, params[name])
             return p.value() if hasattr(p, "value") else p
 
         if self.folded:

@@ -5,7 +5,7 @@ One cell covers every recipe option; options that are off add nothing to the gra
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import mindspore as ms
 from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
@@ -69,7 +69,8 @@ class TrainStep(nn.Cell):
     def __init__(self, net: nn.Cell, loss_fn: nn.Cell, optimizer: nn.Optimizer, *, loss_scale: float = 1.0,
                  dynamic_loss_scale: bool = False, drop_overflow_update: bool = False, clip_grad: bool = False,
                  clip_value: float = 15.0, ema_decay: Optional[float] = None, accumulate: int = 1,
-                 grad_reducer: Optional[nn.Cell] = None, scale_window: int = 2000) -> None:
+                 grad_reducer: Optional[nn.Cell] = None, scale_window: int = 2000,
+                 ema_exclude: Sequence[str] = ()) -> None:
         super().__init__(auto_prefix=False)
         self.net_with_loss = NetWithLoss(net, loss_fn)
         self.optimizer = optimizer
@@ -86,7 +87,8 @@ class TrainStep(nn.Cell):
         self.use_ema = ema_decay is not None
         if self.use_ema:
             self.ema_decay = ema_decay
-            self.all_weights = ParameterTuple(list(net.get_parameters()))
+            # frozen layers have no EMA copy: their weights never change, and a copy could differ by an ulp
+            self.all_weights = ParameterTuple([p for p in net.get_parameters() if p.name not in set(ema_exclude)])
             self.ema_weights = self.all_weights.clone(prefix="ema", init="same")
             self.ema_updates = Parameter(Tensor(0.0, ms.float32), name="ema.updates", requires_grad=False)
         self.accumulate = accumulate

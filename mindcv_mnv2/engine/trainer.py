@@ -21,7 +21,8 @@ from . import builders
 from .checkpointing import (CheckpointKeeper, find_resume_checkpoint, prepare_run_dir, restore_run_tensors,
                             resume_position, run_meta, run_tensors)
 from .context import amp_level_for, setup_context
-from .evaluator import EvalNet, describe, evaluate
+from . import finetune
+from .evaluator import EvalNet, describe, evaluate, run_eval
 from .train_step import AccumulateStep
 from .progress import MetricsWriter, format_eta, progress_bar, setup_logging
 from .signals import StopSignals
@@ -80,6 +81,12 @@ class Trainer:
         self.net = builders.build_model(cfg, self.model_kwargs, self.device)
         if init_path:
             self._init_weights(init_path, tensors)
+        elif resume_path:  # the weights first: cached features (below) are computed from them
+            load_weights(self.net, tensors, strict=True, use_ema=False)
+        self.n_frozen = builders.frozen_layers(cfg, self.net)
+        frozen = finetune.freeze(self.net, self.n_frozen)
+        self.val_features = None
+        trained = self._feature_path() if self.n_frozen else self.net
         if self.amp_level != "O0":
             import mindspore as ms
 
@@ -87,8 +94,9 @@ class Trainer:
         self.lr = builders.build_lr(cfg, self.updates_per_epoch)
         self.optimizer = builders.build_optimizer(cfg, self.net, self.lr)
         self.loss_fn = builders.build_loss(cfg, self.num_classes)
-        self.step = builders.build_train_step(cfg, self.net, self.loss_fn, self.optimizer, self.dist)
+        self.step = builders.build_train_step(cfg, trained, self.loss_fn, self.optimizer, self.dist, frozen)
         self.step.set_train(True)
+        finetune.set_frozen_eval(self.net, self.n_frozen)
         self.micro_step = AccumulateStep(self.step) if self.accum > 1 else None
         self.keeper = CheckpointKeeper(self.run_dir, cfg.model, cfg.keep_checkpoint_max, cfg.ckpt_save_interval,
                                        cfg.ckpt_save_policy, enabled=self.dist.is_main)
@@ -121,13 +129,46 @@ class Trainer:
         return cfg.ckpt_path or None
 
     def _init_weights(self, path: str, tensors: Dict[str, np.ndarray]) -> None:
+        from ..checkpoint import is_training_state
+
         head = tensors.get("classifier.1.weight")
-        drop = head is not None and head.shape[0] != self.num_classes
+        drop = head is not None and (head.shape[0] != self.num_classes or self.cfg.filter_head)
         if drop:
-            self.log.warning("ckpt_path %s has %d classes, this run %d: the classifier is re-initialised "
-                             "(fine-tuning)", path, head.shape[0], self.num_classes)
+            why = "filter_head" if head.shape[0] == self.num_classes else f"{head.shape[0]} classes, this run " \
+                                                                            f"{self.num_classes}"
+            self.log.warning("ckpt_path %s: classifier not loaded (%s): it starts from its random init "
+                             "(fine-tuning)", path, why)
+        state = [k for k in tensors if is_training_state(k) and not k.startswith("ema.")]
+        if state:  # MindCV bug #697: the old head's optimizer slots broke fine-tuning there
+            self.log.info("ckpt_path %s: its optimizer state is not used (%d tensors, e.g. %s): a run started "
+                          "from a checkpoint has a fresh optimizer; --resume continues one", path, len(state),
+                          sorted(state)[0])
         load_weights(self.net, tensors, strict=True, drop_classifier=drop, use_ema=True)
         self.log.info("initialised weights from %s", path)
+
+    def _feature_path(self):
+        """The cell the step trains: the whole network, or the head on cached backbone features."""
+        cfg = self.cfg
+        cached, why = builders.feature_cache_plan(cfg, self.n_frozen, len(self.net.features))
+        self.log.info("freeze_layer %s: %d of %d entries of features frozen; %s", cfg.freeze_layer, self.n_frozen,
+                      len(self.net.features), why)
+        if not cached:
+            return self.net
+        extract = finetune.PooledFeatures(self.net)
+        weights = finetune.weights_signature(self.net)
+        feats = {}
+        for name, loader, training in (("train", self.train_loader, True), ("val", self.val_loader, False)):
+            if loader is None:
+                continue
+            batches, desc = builders.feature_batches(cfg, loader, training)
+            path = os.path.join(self.run_dir, "features",
+                                f"{name}_{finetune.cache_key(weights, loader.files, desc)}.npz")
+            feats[name] = finetune.compute_or_load(path if self.dist.is_main else None, extract, batches, name)
+        self.train_loader = finetune.FeatureLoader(feats["train"], self.train_loader, cfg.batch_size,
+                                                   cfg.drop_remainder)
+        if "val" in feats:
+            self.val_features = feats["val"]
+        return finetune.head_net(self.net)
 
     def _save_config(self) -> None:
         path = os.path.join(self.run_dir, "config.yaml")
@@ -138,7 +179,7 @@ class Trainer:
 
     # ---- checkpoint contents (what they hold: engine.checkpointing) ----------------------------
     def _tensors(self, mid_cycle: bool = False) -> Dict[str, Any]:
-        return run_tensors(self.step.parameters_dict(), self._current_lr(), mid_cycle)
+        return run_tensors(self._run_params(), self._current_lr(), mid_cycle)
 
     def _meta(self, epoch: int, step_in_epoch: int = 0, last_metrics: Optional[Dict[str, Any]] = None
               ) -> Dict[str, Any]:
@@ -256,14 +297,25 @@ class Trainer:
         return {"loss": loss_sum / max(n_loss, 1), "img_per_s": steady, "first_step_s": t_first or 0.0,
                 "time": elapsed + (t_first or 0.0), "lr": lr_used if spe > first else self._current_lr()}
 
+    def _run_params(self) -> Dict[str, Any]:
+        """Every Parameter of the run: the whole network's and the step's (which may train the head only)."""
+        return {**{p.name: p for p in self.net.get_parameters()}, **self.step.parameters_dict()}
+
     def _maybe_validate(self, epoch: int) -> Optional[Dict[str, Any]]:
         cfg = self.cfg
         if self.val_loader is None or ((epoch + 1) % cfg.val_interval and epoch + 1 != cfg.epoch_size):
             return None
         if self.eval_net is None:
-            self.eval_net = EvalNet(builders.build_model(self.cfg, self.model_kwargs, self.device),
-                                    amp_level_for(self.device, cfg.val_amp_level))
-        self.eval_net.load_from(self.step.parameters_dict(), prefix="ema." if cfg.ema else "")
+            net = builders.build_model(self.cfg, self.model_kwargs, self.device)
+            self.eval_net = (_HeadEval(net) if self.val_features is not None
+                             else EvalNet(net, amp_level_for(self.device, cfg.val_amp_level)))
+        self.eval_net.load_from(self._run_params(), prefix="ema." if cfg.ema else "")
+        if self.val_features is not None:  # the head on the cached features, this rank's share, exactly
+            idx = self.val_loader.epoch_indices(0)
+            bs = cfg.batch_size
+            labels = np.asarray(self.val_loader.labels)
+            batches = ((self.val_features[idx[s:s + bs]], labels[idx[s:s + bs]]) for s in range(0, len(idx), bs))
+            return run_eval(self.eval_net, batches, len(idx), bs, self.dist, desc="validate")
         return evaluate(self.eval_net, self.val_loader, self.dist, desc="validate")
 
     def _end_epoch(self, epoch: int, train_stats: Dict[str, float], val: Optional[Dict[str, Any]]
@@ -348,3 +400,24 @@ class Trainer:
             path = self.keeper.save_interrupt(self._tensors(mid_cycle=steps_done % self.accum != 0), meta)
         raise Interrupted(f"{self.signals.name} received at epoch {epoch + 1}, step {steps_done}: saved resumable checkpoint "
                           f"{path}; continue with --resume {self.run_dir}")
+
+
+class _HeadEval:
+    """The classifier alone, in eval mode, on cached pooled features (EvalNet's interface)."""
+
+    def __init__(self, net) -> None:
+        self.head = finetune.head_net(net)
+        self.head.set_train(False)
+        self._params = {p.name: p for p in self.head.get_parameters()}
+
+    def load_from(self, params: Dict[str, Any], prefix: str = "") -> None:
+        """The classifier's (EMA) tensors from the run's Parameters."""
+        for name, p in self._params.items():
+            src = params.get(prefix + name, params[name])
+            p.set_data(src.value() if hasattr(src, "value") else src)
+
+    def __call__(self, features: np.ndarray) -> np.ndarray:
+        import mindspore as ms
+
+        return self.head(ms.Tensor(features)).asnumpy()
+
