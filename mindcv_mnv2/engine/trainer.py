@@ -137,7 +137,12 @@ class Trainer:
             self.log.warning("tensorboard: tensorboardX is not installed (pip install -r requirements.txt), so no "
                              "event files are written; metrics.jsonl has every number (tensorboard: False hides this)")
             return Curves(None)
-        scale = (lambda: float(self.step.loss_scale.asnumpy())) if self.step.dynamic else None
+        scale = None
+        if self.step.dynamic:
+            # The Parameter is looked up once: reading it through the cell attribute after each step made
+            # MindSpore recompile the step of a second trainer in one process (measured: 12 s once).
+            param = self.step.loss_scale
+            scale = lambda: float(param.value().asnumpy())  # noqa: E731
         return Curves(os.path.join(self.run_dir, TENSORBOARD_DIR), self._global_step() if resumed else None, scale)
 
     def _record(self, record: Dict[str, Any]) -> None:
