@@ -184,7 +184,8 @@ class _Parser(argparse.ArgumentParser):
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command line: plot the given runs into one PNG; 0 done, 2 a folder or path that cannot be used."""
-    p = _Parser(prog="python -m mindcv_mnv2.plot", description=__doc__.splitlines()[0])
+    console = bool(sys.argv) and os.path.basename(sys.argv[0]) == "mnv2-plot"  # pyproject.toml's script
+    p = _Parser(prog="mnv2-plot" if console else "python -m mindcv_mnv2.plot", description=__doc__.splitlines()[0])
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories (ckpt_save_dir) holding metrics.jsonl")
     p.add_argument("-o", "--output", default="curves.png", help="PNG to write (default: curves.png); its folder is "
                                                                "created if missing")
