@@ -9,7 +9,10 @@ the worst case, a step record and its TensorBoard scalars after every step (the 
 interval, 50, writes 50x less often). Steady-state img/s (the epoch record, first step excluded)
 and the whole process's wall time are compared; contenders alternate (off, on, off, on, ...) and
 ratios are taken per repetition between neighbours. The "on" runs must have written an event file
-with a point for every step. Result: bench/results/tensorboard.json.
+with a point for every step. Because a shared 2-core machine's load moves end-to-end numbers by
+more than the writer can cost, the writer is also timed alone, in this process (wall and CPU time per
+step record, the latter including tensorboardX's background thread), and put against the time
+of one training step. Result: bench/results/tensorboard.json.
 """
 from __future__ import annotations
 
@@ -75,6 +78,37 @@ def train_run(data_dir: Path, overrides: dict, scratch: Path):
     return run
 
 
+def writer_cost(records: int, scratch: Path, gap_s: float = 0.002) -> dict:
+    """The writer alone, in this process: ``records`` step records (4 scalars each), ``gap_s`` apart, then closed.
+
+    "waits" is the time the training loop spends in Curves.write; CPU time (time.process_time, every
+    thread of the process; the gaps are sleeps) also counts tensorboardX's background thread, which
+    serialises and writes the events while the loop goes on, and shares the cores with training.
+    """
+    import time
+
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from mindcv_mnv2.engine.curves import Curves
+
+    logdir = Path(tempfile.mkdtemp(prefix="tb_writer_", dir=scratch))
+    curves = Curves(str(logdir), loss_scale=lambda: 1024.0)  # loss-scale tag on: the most scalars per record
+    curves.write({"type": "step", "global_step": 0, "loss": 2.3, "lr": 0.1, "img_per_s": 1.0})  # opens the file
+    waited, cpu0 = 0.0, time.process_time()
+    for step in range(1, records + 1):
+        t = time.perf_counter()
+        curves.write({"type": "step", "global_step": step, "loss": 2.3 / step, "lr": 0.1, "img_per_s": 640.0})
+        waited += time.perf_counter() - t
+        time.sleep(gap_s)  # training runs between two records
+    t = time.perf_counter()
+    curves.close()
+    close_s, cpu = time.perf_counter() - t, time.process_time() - cpu0
+    size = sum(f.stat().st_size for f in logdir.iterdir())
+    shutil.rmtree(logdir, ignore_errors=True)
+    return {"records": records, "gap_s": gap_s, "write_us_per_record": 1e6 * waited / records,
+            "close_ms": 1e3 * close_s, "cpu_us_per_record": 1e6 * cpu / records, "bytes_per_record": size / records}
+
+
 def main(argv=None) -> int:
     """Run the comparison; print the table, write bench/results/tensorboard.json."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -96,6 +130,7 @@ def main(argv=None) -> int:
                   "tensorboard on": train_run(fm, {**ov, "tensorboard": True}, scratch)}
     runs = interleave(contenders, reps)
     steps = n // batch
+    writer = writer_cost(200 if args.quick else 2000, scratch)
     summary = {k: {"img_per_s": median(r["img_per_s"] for r in rs),
                    "x_off": median(paired_ratios(runs, k, "tensorboard off")),
                    "process_s": median(r["process_s"] for r in rs),
@@ -109,6 +144,14 @@ def main(argv=None) -> int:
                   " ".join(f"{x:.2f}" for x in v["load"])) for k, v in summary.items()],
                 title=f"CPU demo recipe, {n} images = {steps} steps of {batch}, log_interval 1, {reps} reps, "
                       f"{os.cpu_count()} cores")
+    step_s = batch / summary["tensorboard off"]["img_per_s"]
+    writer["cpu_fraction_of_step"] = writer["cpu_us_per_record"] * 1e-6 / step_s
+    print_table(["records written", "loop waits (us/record)", "close (ms)", "CPU, all threads (us/record)",
+                 "bytes/record", "CPU as a share of one training step"],
+                [(writer["records"], writer["write_us_per_record"], writer["close_ms"],
+                  writer["cpu_us_per_record"], writer["bytes_per_record"],
+                  f"{100 * writer['cpu_fraction_of_step']:.3f}% of {1000 * step_s:.0f} ms")],
+                title="the event-file writer alone (engine.curves.Curves, 4 scalars per record)")
     on = runs["tensorboard on"]
     complete = all(r.get("event_files") == 1 and r.get("loss_points") == steps for r in on)
     silent = all(r.get("event_files") == 0 for r in runs["tensorboard off"])
@@ -116,7 +159,7 @@ def main(argv=None) -> int:
         print(f"event files wrong: on {[(r.get('event_files'), r.get('loss_points')) for r in on]}, off "
               f"{[r.get('event_files') for r in runs['tensorboard off']]}", file=sys.stderr)
     path = write_result("tensorboard", {"images": n, "batch_size": batch, "steps": steps, "summary": summary,
-                                        "runs": runs}, quick=args.quick)
+                                        "writer": writer, "runs": runs}, quick=args.quick)
     print(f"wrote {path}", file=sys.stderr)
     return 1 if any(any(v["exits"]) for v in summary.values()) or not (complete and silent) else 0
 

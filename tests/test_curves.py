@@ -136,6 +136,17 @@ def test_tensorboard_false_writes_no_event_files(fm_curves, tmp_path):
     assert (run_dir / "metrics.jsonl").is_file() and not (run_dir / "tensorboard").exists()
 
 
+def test_event_files_that_cannot_be_written_do_not_stop_training(tmp_path):
+    from mindcv_mnv2.engine.curves import Curves
+
+    (tmp_path / "tensorboard").write_text("a file where the folder should be")
+    curves = Curves(str(tmp_path / "tensorboard"))
+    curves.write({"type": "step", "global_step": 1, "loss": 2.3, "lr": 0.1, "img_per_s": 500.0})
+    curves.write({"type": "epoch", "global_step": 1, "top1": 10.0, "epoch_time": 1.0})
+    curves.close()
+    assert curves.logdir is None  # a warning, then off; metrics.jsonl still gets every record
+
+
 # ---------------------------------------------------------------------------------- plot command
 def _synthetic_run(folder: Path, lr: float, epochs: int = 3, spe: int = 40, legacy: bool = False) -> Path:
     """A metrics.jsonl as train.py writes it (legacy: step records before "loss_avg" existed)."""

@@ -47,18 +47,31 @@ class Curves:
 
     def _get(self) -> Any:
         # Opened on the first record: a run that fails while starting leaves no empty event file.
-        if self._writer is None:
+        if self._writer is None and self.logdir:
             from tensorboardX import SummaryWriter
 
-            # The pid in the file name: event files are named by the second they were opened in, and
-            # two writers of one run opened within a second would otherwise share (truncate) one file.
-            self._writer = SummaryWriter(self.logdir, purge_step=self.purge_step, flush_secs=30,
-                                         filename_suffix=f".{os.getpid()}")
+            try:
+                # The pid in the file name: event files are named by the second they were opened in, and
+                # two writers of one run opened within a second would otherwise share (truncate) one file.
+                # max_queue: room for many records, so the loop never waits for the writer thread
+                self._writer = SummaryWriter(self.logdir, purge_step=self.purge_step, max_queue=1000,
+                                             flush_secs=30, filename_suffix=f".{os.getpid()}")
+            except Exception as exc:  # noqa: BLE001  (optional output: training goes on without it)
+                log.warning("TensorBoard: cannot write event files in %s (%s); training goes on, metrics.jsonl "
+                            "has every number", self.logdir, exc)
+                self.logdir = None
         return self._writer
 
-    def _add(self, tag: str, value: Any, step: int) -> None:
-        if isinstance(value, (int, float)) and math.isfinite(value):
-            self._get().add_scalar(tag, float(value), step)
+    def _add(self, values: Mapping[str, Any], step: int) -> None:
+        """The finite values as one event: a Summary with a simple_value per tag (what add_scalar writes,
+        one event per tag) costs half of four add_scalar calls (bench/bench_tensorboard.py)."""
+        from tensorboardX.proto.summary_pb2 import Summary
+
+        points = [Summary.Value(tag=tag, simple_value=float(v)) for tag, v in values.items()
+                  if isinstance(v, (int, float)) and math.isfinite(v)]
+        writer = self._get() if points else None
+        if writer is not None:
+            writer.file_writer.add_summary(Summary(value=points), global_step=step)
 
     def write(self, record: Mapping[str, Any]) -> None:
         """Add the scalars of one metrics.jsonl record ("step" or "epoch"; other types are ignored)."""
@@ -67,16 +80,15 @@ class Curves:
         kind, step = record.get("type"), record.get("global_step")
         if kind == "step" and step is not None and step > self._last_step:
             self._last_step = step
-            self._add("train/loss", record.get("loss"), step)
-            self._add("train/lr", record.get("lr"), step)
+            values = {"train/loss": record.get("loss"), "train/lr": record.get("lr")}
             if (record.get("img_per_s") or 0) > 0:  # 0 = not measured yet
-                self._add("train/img_per_s", record["img_per_s"], step)
+                values["train/img_per_s"] = record["img_per_s"]
             if self._loss_scale is not None:
-                self._add("train/loss_scale", self._loss_scale(), step)
+                values["train/loss_scale"] = self._loss_scale()
+            self._add(values, step)
         elif kind == "epoch" and step is not None:
-            for key, tag in (("top1", "val/top1"), ("top5", "val/top5"), ("val_loss", "val/loss"),
-                             ("epoch_time", "epoch/time_s")):
-                self._add(tag, record.get(key), step)
+            self._add({"val/top1": record.get("top1"), "val/top5": record.get("top5"),
+                       "val/loss": record.get("val_loss"), "epoch/time_s": record.get("epoch_time")}, step)
             self.flush()
 
     def flush(self) -> None:
