@@ -44,6 +44,8 @@ class Config:
     val_while_train: bool = _f(False, "validate on val_split during training [engine.trainer]")
     val_interval: int = _f(1, "validate every N epochs when val_while_train [engine.trainer]")
     log_interval: int = _f(100, "print/log a training line every N steps [engine.trainer]")
+    tensorboard: bool = _f(True, "write TensorBoard event files to <ckpt_save_dir>/tensorboard (rank 0) "
+                                 "[engine.trainer -> engine.curves]")
     seed: int = _f(42, "seed for python, numpy, mindspore and the data pipeline [engine.context]")
     cpu_isa: str = _f("auto", "CPU only: instruction-set cap of MindSpore's oneDNN kernels; auto = the fastest "
                               "measured on this CPU (once, cached), DEFAULT = no cap; ONEDNN_MAX_CPU_ISA in the "

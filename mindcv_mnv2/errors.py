@@ -56,6 +56,10 @@ class PredictError(UserError):
     """A bad prediction request (labels, paths, sizes)."""
 
 
+class PlotError(UserError):
+    """A run directory or output path the plot command cannot use."""
+
+
 class TrainingDiverged(MnV2Error, RuntimeError):
     """The loss became NaN/Inf; the message names the step and the last good checkpoint."""
 

@@ -37,3 +37,12 @@ def test_demo_runs_end_to_end(tmp_path):
     m = json.loads((run_dir / "validate.json").read_text())
     assert m["num_images"] == 500 and m["top1"] == pytest.approx(top1, abs=0.005)  # what it printed is what it measured
     assert (run_dir / "mobilenet_v2_035_best.ckpt").exists()
+    # the run's curves: a PNG of the promised size, and the TensorBoard command for the live ones
+    from PIL import Image
+
+    from mindcv_mnv2.plot import HEIGHT_PX, WIDTH_PX
+
+    assert f"training curves: {run_dir / 'curves.png'}" in out
+    with Image.open(run_dir / "curves.png") as im:
+        assert im.size == (WIDTH_PX, HEIGHT_PX)
+    assert f"tensorboard --logdir {run_dir / 'tensorboard'}" in out and any((run_dir / "tensorboard").iterdir())

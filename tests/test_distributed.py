@@ -21,6 +21,7 @@ import yaml
 from mindcv_mnv2.distributed import DistInfo, DistributedError, detect_launcher, init_distributed
 
 from ._data_fixtures import fashion_mnist_subset
+from ._events import read_scalars, steps
 
 ROOT = Path(__file__).resolve().parents[1]
 MPIRUN = Path(sys.executable).parent / "mpirun"
@@ -105,6 +106,10 @@ def test_two_ranks_train_and_rank0_alone_writes(dist_run):
     epochs = [r for r in records if r["type"] == "epoch"]
     assert len(epochs) == 1 and epochs[0]["val_images"] == VAL_IMAGES  # summed over ranks, once each
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["distribute"] is True
+    # TensorBoard: one event file (rank 0's writer), each logged step once
+    assert len(list((run_dir / "tensorboard").iterdir())) == 1
+    scalars = read_scalars(run_dir / "tensorboard")
+    assert steps(scalars["train/loss"]) == [5, STEPS] and steps(scalars["val/top1"]) == [STEPS]
 
 
 def _trainable_names(state):

@@ -22,6 +22,7 @@ from .checkpointing import (CheckpointKeeper, find_resume_checkpoint, prepare_ru
                             resume_position, run_meta, run_tensors)
 from .context import amp_level_for, setup_context
 from . import finetune
+from .curves import TENSORBOARD_DIR, Curves, tensorboard_available
 from .evaluator import EvalNet, describe, evaluate, run_eval
 from .train_step import AccumulateStep
 from .progress import MetricsWriter, format_eta, progress_bar, setup_logging
@@ -107,6 +108,7 @@ class Trainer:
         del tensors
         self.eval_net: Optional[EvalNet] = None
         self.signals = StopSignals()
+        self.curves = self._open_curves(resumed=bool(resume_path))
         if self.dist.is_main:
             self._save_config()
 
@@ -169,6 +171,26 @@ class Trainer:
         if "val" in feats:
             self.val_features = feats["val"]
         return finetune.head_net(self.net)
+    def _open_curves(self, resumed: bool) -> Curves:
+        """TensorBoard scalars on rank 0 (engine.curves); a resumed run continues at its global step."""
+        if not (self.dist.is_main and self.cfg.tensorboard):
+            return Curves(None)
+        if not tensorboard_available():
+            self.log.warning("tensorboard: tensorboardX is not installed (pip install -r requirements.txt), so no "
+                             "event files are written; metrics.jsonl has every number (tensorboard: False hides this)")
+            return Curves(None)
+        scale = None
+        if self.step.dynamic:
+            # The Parameter is looked up once: reading it through the cell attribute after each step made
+            # MindSpore recompile the step of a second trainer in one process (measured: 12 s once).
+            param = self.step.loss_scale
+            scale = lambda: float(param.value().asnumpy())  # noqa: E731
+        return Curves(os.path.join(self.run_dir, TENSORBOARD_DIR), self._global_step() if resumed else None, scale)
+
+    def _record(self, record: Dict[str, Any]) -> None:
+        """One record for tools: a line of metrics.jsonl and its TensorBoard scalars."""
+        self.metrics.write(record)
+        self.curves.write(record)
 
     def _save_config(self) -> None:
         path = os.path.join(self.run_dir, "config.yaml")
@@ -227,6 +249,8 @@ class Trainer:
                       "graph" if cfg.mode == 0 else "PyNative", self.train_loader.num_images_total, self.dist.world,
                       cfg.batch_size, self.dist.world, cfg.batch_size * self.dist.world, self.steps_per_epoch,
                       cfg.epoch_size, kernel_in_use(self.net), os.path.abspath(self.run_dir))
+        if self.curves.logdir:
+            self.log.info("TensorBoard: tensorboard --logdir %s", os.path.abspath(self.curves.logdir))
         self._write_skipped()
         self.signals.install()
         summary: Dict[str, Any] = {}
@@ -235,8 +259,9 @@ class Trainer:
                 train_stats = self._train_epoch(epoch)
                 val = self._maybe_validate(epoch)
                 summary = self._end_epoch(epoch, train_stats, val)
-        finally:
+        finally:  # also on Ctrl-C, SIGTERM, NaN or an error: complete event files
             self.signals.restore()
+            self.curves.close()
         summary["run_dir"] = self.run_dir
         summary["best_checkpoint"] = (os.path.join(self.run_dir, f"{cfg.model}_best.ckpt")
                                       if self.best["top1"] is not None else None)
@@ -287,9 +312,9 @@ class Trainer:
                                       cfg.epoch_size, i + 1, spe, loss_sum / n_loss, lr_used, speed, format_eta(eta))
                     # loss: this batch's own loss; loss_avg: mean over the epoch so far; lr: the rate this
                     # batch's update used; global_step: optimizer updates done after it
-                    self.metrics.write({"type": "step", "epoch": epoch + 1, "step": i + 1,
-                                        "global_step": self._global_step(), "loss": loss_v,
-                                        "loss_avg": loss_sum / n_loss, "lr": lr_used, "img_per_s": speed})
+                    self._record({"type": "step", "epoch": epoch + 1, "step": i + 1,
+                                  "global_step": self._global_step(), "loss": loss_v,
+                                  "loss_avg": loss_sum / n_loss, "lr": lr_used, "img_per_s": speed})
                 if self.signals.received is not None:
                     self._interrupt(epoch, i + 1)
         elapsed = time.perf_counter() - t0
@@ -340,7 +365,7 @@ class Trainer:
                                           last_epoch=done == cfg.epoch_size)
             if improved:
                 self.keeper.save_best(tensors, meta)
-        self.metrics.write(record)
+        self._record(record)
         line = (f"epoch {done}/{cfg.epoch_size}: loss {train_stats['loss']:.4f}  lr {train_stats['lr']:.6f}  "
                 f"{train_stats['img_per_s']:.1f} img/s  {train_stats['time']:.1f}s")
         if val is not None:

@@ -1,5 +1,7 @@
 """The README's main job on CPU: prepare Fashion-MNIST, train MobileNetV2 0.35, validate the best checkpoint.
 
+It ends with the run's training curves in <run_dir>/curves.png and the TensorBoard command.
+
     python -m mindcv_mnv2.tools.demo [--epochs N] [--data_dir DIR] [--source IDX_DIR] [--run_dir DIR]
 """
 from __future__ import annotations
@@ -57,6 +59,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         m = json.load(fh)
     print(f"demo done in {time.time() - t0:.0f} s: top-1 {m['top1']:.2f}%, top-5 {m['top5']:.2f}% on "
           f"{m['num_images']} Fashion-MNIST test images ({best})")
+    return _show_curves(run_dir)
+
+
+def _show_curves(run_dir: str) -> int:
+    """Plot the run's curves into <run_dir>/curves.png and say how to watch them in TensorBoard."""
+    from ..plot import PlotError, plot_runs
+
+    try:
+        png = plot_runs([run_dir], os.path.join(run_dir, "curves.png"))
+    except PlotError as exc:
+        print(f"demo: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    print(f"training curves: {png}")
+    print(f"in TensorBoard: tensorboard --logdir {os.path.join(run_dir, 'tensorboard')}")
     return 0
 
 
