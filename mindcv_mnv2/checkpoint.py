@@ -24,7 +24,9 @@ Readers must tolerate extra keys (e.g. "source" from the Keras converter); ``loa
 needs "model_kwargs".
 
 ``model_meta()`` fills the first five keys consistently. Foreign files (MindCV's) have no meta;
-``load_model`` then infers the width and class count from tensor shapes.
+``load_model`` then infers the width and class count from tensor shapes. MindSpore ModelZoo /
+Hub MobileNetV2 files (``features.0.features.0.weight`` ...) are recognised by their names and
+read under ours (interop_modelzoo); their meta is ``{"source": "mindspore-modelzoo", ...}``.
 
 Tensor naming: model tensors use the network's parameter names (``features.0.weight`` ...);
 EMA copies are ``ema.<name>``; optimizer and loop state (``moments.*``, ``global_step``,
@@ -65,6 +67,7 @@ KNOWN_WIDTHS = tuple(WIDTHS.values())
 
 
 from .errors import CheckpointError  # noqa: E402,F401  (raised here; re-exported)
+from . import interop_modelzoo as modelzoo  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- writing
@@ -202,6 +205,8 @@ def read_checkpoint(path: str) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
             tensors[name] = value.asnumpy()
     if not tensors:
         raise CheckpointError(f"cannot read checkpoint '{path}': it holds no tensors")
+    if not meta:  # a foreign file: ModelZoo's names become ours here, so every reader gets them
+        tensors, meta = modelzoo.translate(tensors)
     return tensors, meta
 
 
@@ -275,7 +280,7 @@ def load_weights(net, source: Any, strict: bool = True, drop_classifier: bool = 
 
     label = f"'{source}'" if isinstance(source, (str, os.PathLike)) else "(in-memory state)"
     tensors = read_checkpoint(os.fspath(source))[0] if isinstance(source, (str, os.PathLike)) \
-        else _to_numpy(source)
+        else modelzoo.translate(_to_numpy(source))[0]  # e.g. ms.load_checkpoint() of a ModelZoo file
     state = extract_model_state(tensors, use_ema)
     params = {p.name: p for p in net.get_parameters()}
     report: Dict[str, List[str]] = {"loaded": [], "missing": [], "unexpected": [], "mismatched": [],
@@ -408,7 +413,7 @@ def model_meta(name: str, model_kwargs: Mapping[str, Any], class_names: Optional
 
 
 def load_model(path: str, use_ema: bool = True, **overrides: Any):
-    """Rebuild the network a checkpoint describes (or infer it for MindCV files), load, eval mode.
+    """Rebuild the network a checkpoint describes (or infer it for MindCV / ModelZoo files), load, eval mode.
 
     `overrides` replace MobileNetV2 kwargs (e.g. padding, output_stride, drop_rate). The meta is
     attached as `net.checkpoint_meta`.

@@ -20,6 +20,7 @@ import numpy as np
 from ..errors import ConfigError
 from ..checkpoint import (EMA_PREFIX, GRAD_ACCUM_PREFIX, OPTIMIZER_SLOT_PREFIXES, CheckpointError,
                           model_meta, read_meta, save_checkpoint)
+from ..interop_modelzoo import SOURCE as MODELZOO_SOURCE
 
 log = logging.getLogger("mindcv_mnv2")
 STATE_FILE = "state.json"
@@ -63,6 +64,10 @@ def run_meta(model: str, model_kwargs: Mapping[str, Any], class_names: List[str]
 def resume_position(path: str, meta: Mapping[str, Any], tensors: Mapping[str, np.ndarray], updates_per_epoch: int,
                     accumulate: int) -> Dict[str, Any]:
     """The loop position to continue from: our files say it; a MindCV file's follows from its global_step."""
+    if meta.get("source") == MODELZOO_SOURCE:  # its moments are under ModelZoo's names and were not kept
+        raise CheckpointError(f"{path}: a MindSpore ModelZoo checkpoint cannot resume a run here (its optimizer "
+                              f"state and loop position are not carried over); initialise from its weights with "
+                              f"--ckpt_path {path} without --resume_opt / --resume (a fresh optimizer)")
     ts = meta.get("train_state")
     if ts:
         if ts.get("updates_per_epoch") != updates_per_epoch:
