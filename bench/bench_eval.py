@@ -92,6 +92,15 @@ def measure_case(width: float, size: int, batch: int, blocks: int, per_block: in
         out["max_abs_diff"] = float(np.abs(ort_logits - ms_logits).max())
         out["logit_scale"] = float(np.abs(ms_logits).max())
         runners["onnxruntime"] = lambda: sess.run(None, {"image": x})
+        from _common import photo_source
+
+        photos = photo_source()
+        if photos is not None:  # int8: calibrated on real photos (the timing does not depend on which)
+            q_path = export_model(ckpt, "ONNX", image_size=size, batch_size=batch, int8=True,
+                                  calibration_dir=str(photos), calibration_images=16,
+                                  output=os.path.join(scratch, f"{name}_{size}_int8.onnx"))
+            q_sess = ort.InferenceSession(q_path, so, providers=["CPUExecutionProvider"])
+            runners["onnxruntime_int8"] = lambda: q_sess.run(None, {"image": x})
     from _common import time_blocks
 
     times = time_blocks(runners, blocks, per_block)
