@@ -26,18 +26,19 @@ system-deps:
 demo: venv system-deps
 	$(PY) -m mindcv_mnv2.tools.demo
 
+# Two pytest-xdist workers (whole files each): the suite is mostly single-threaded graph compilation.
 test: venv system-deps
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
 # Development loop: everything but the training runs, process launches and bench smoke runs (~3 min).
 test-quick: venv system-deps
-	$(PY) -m pytest -q tests -m "not slow and not distributed"
+	$(PY) -m pytest -q -n 2 --dist loadfile tests -m "not slow and not distributed"
 
 # The CPU-dependent tests again as another CPU would run them: MindSpore's oneDNN kernels capped at
 # SSE4.1 and the C++ depthwise kernel built for baseline x86-64 (AVX2 / AVX-512 machines differ in
 # rounding; results must hold on every one).
 test-isa: venv system-deps
-	ONEDNN_MAX_CPU_ISA=SSE41 MINDCV_MNV2_MARCH=x86-64 $(PY) -m pytest -q tests -m numerics
+	ONEDNN_MAX_CPU_ISA=SSE41 MINDCV_MNV2_MARCH=x86-64 $(PY) -m pytest -q -n 2 --dist loadfile tests -m numerics
 
 clean:
 	rm -rf $(VENV) runs data

@@ -53,3 +53,16 @@ def mindcv_fixtures() -> Path:
 # tiny_imagefolder: real-photo ImageFolder, train/ 3x8 + val/ 3x5 JPEGs of ~64 px (session-scoped)
 # fashion_mnist_tiny: Fashion-MNIST ImageFolder, 200 train / 100 val RGB 32 px PNGs (session-scoped)
 from ._data_fixtures import fashion_mnist_tiny, tiny_imagefolder  # noqa: E402,F401
+
+
+# `make test` runs two pytest-xdist workers, each taking whole files (--dist loadfile). Files are
+# handed out in collection order, so the long ones go first: otherwise one worker is left with a
+# long file at the end while the other idles (the order inside each file is kept).
+LONG_FILES_FIRST = ("test_engine.py", "test_reliability.py", "test_distributed.py", "test_bench_smoke.py",
+                    "test_deploy.py", "test_finetune.py", "test_curves.py", "test_demo.py", "test_fast_depthwise.py")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Put the long-running test files first (stable: each file's own order is unchanged)."""
+    rank = {name: i for i, name in enumerate(LONG_FILES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))

@@ -157,7 +157,7 @@ def test_two_ranks_equal_one_process_with_the_batch_of_both(dist_run, ms_cpu):
                       model_defaults=model_defaults)
     setup_context(cfg.mode, "CPU", cfg.seed)
     loaders = [builders.build_train_loader(cfg, DistInfo(rank=r, world=WORLD)) for r in range(WORLD)]
-    net = builders.build_model(cfg, len(loaders[0].class_names), "CPU")
+    net = builders.build_model(cfg, builders.model_kwargs(cfg, len(loaders[0].class_names)), "CPU")
     start = {p.name: p.asnumpy().copy() for p in net.get_parameters()}  # asnumpy() may share memory
     lr = builders.build_lr(cfg, loaders[0].steps_per_epoch)
     optimizer = builders.build_optimizer(cfg, net, lr)

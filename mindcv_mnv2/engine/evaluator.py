@@ -87,7 +87,7 @@ class EvalNet:
     def load_from(self, params: Dict[str, object], prefix: str = "") -> None:
         """Take the network's tensors from a name->Parameter dict under ``prefix`` (e.g. 'ema.')."""
         def value(name: str):  # a frozen layer has no EMA copy: its weights are its average
-            p = params.get(prefix + name, params[name])
+            p = params[prefix + name] if prefix + name in params else params[name]
             return p.value() if hasattr(p, "value") else p
 
         if self.folded:

@@ -18,8 +18,8 @@ from ..distributed import DistInfo, init_distributed
 from ..errors import Interrupted, TrainingDiverged  # noqa: F401  (raised here; re-exported)
 from ..ops import cpu_isa, kernel_in_use
 from . import builders
-from .checkpointing import (CheckpointKeeper, find_resume_checkpoint, prepare_run_dir, restore_run_tensors,
-                            resume_position, run_meta, run_tensors)
+from .checkpointing import (CheckpointKeeper, find_resume_checkpoint, prepare_run_dir, refuse_foreign_resume,
+                            restore_run_tensors, resume_position, run_meta, run_tensors)
 from .context import amp_level_for, setup_context
 from . import finetune
 from .curves import TENSORBOARD_DIR, Curves, tensorboard_available
@@ -83,6 +83,7 @@ class Trainer:
         if init_path:
             self._init_weights(init_path, tensors)
         elif resume_path:  # the weights first: cached features (below) are computed from them
+            refuse_foreign_resume(resume_path, meta)
             load_weights(self.net, tensors, strict=True, use_ema=False)
         self.n_frozen = builders.frozen_layers(cfg, self.net)
         frozen = finetune.freeze(self.net, self.n_frozen)
