@@ -38,6 +38,30 @@ def _median(xs):
     return xs[n // 2] if n % 2 else 0.5 * (xs[n // 2 - 1] + xs[n // 2])
 
 
+def _openvino_runners(onnx_path: str, int8_path, x, out: dict, ms_logits) -> dict:
+    """OpenVINO (optional: ``pip install openvino==2026.4.1``) on the same ONNX files, 2 threads, latency hint."""
+    try:
+        import openvino as ov
+    except ImportError:
+        return {}
+    import numpy as np
+
+    core = ov.Core()
+    config = {"INFERENCE_NUM_THREADS": min(2, os.cpu_count() or 1), "PERFORMANCE_HINT": "LATENCY",
+              "INFERENCE_PRECISION_HINT": "f32"}  # no bf16/f16 downcast on CPUs that have it: fp32 vs fp32
+    runners = {}
+    for key, path in (("openvino", onnx_path), ("openvino_int8", int8_path)):
+        if path is None:
+            continue
+        compiled = core.compile_model(core.read_model(path), "CPU", config)
+        request = compiled.create_infer_request()
+        if key == "openvino":
+            out["openvino_max_abs_diff"] = float(np.abs(request.infer({0: x})[0] - ms_logits).max())
+        runners[key] = (lambda r: lambda: r.infer({0: x}))(request)
+    out["openvino_version"] = ov.__version__
+    return runners
+
+
 def measure_case(width: float, size: int, batch: int, blocks: int, per_block: int, scratch: str,
                  num_classes: int = 1000, with_ort: bool = True) -> dict:
     """Export one network and time MindSpore EvalNet vs onnxruntime on the same batch (this process)."""
@@ -101,6 +125,7 @@ def measure_case(width: float, size: int, batch: int, blocks: int, per_block: in
                                   output=os.path.join(scratch, f"{name}_{size}_int8.onnx"))
             q_sess = ort.InferenceSession(q_path, so, providers=["CPUExecutionProvider"])
             runners["onnxruntime_int8"] = lambda: q_sess.run(None, {"image": x})
+        runners.update(_openvino_runners(onnx_path, q_path if photos is not None else None, x, out, ms_logits))
     from _common import time_blocks
 
     times = time_blocks(runners, blocks, per_block)

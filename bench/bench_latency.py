@@ -6,7 +6,8 @@
 Each width runs in its own process (bench_eval's worker): for every resolution the network is
 built, saved, exported to ONNX (fp32, and int8 calibrated on 16 photos), and one 1x3xRxR image is
 run through ``EvalNet`` (what validate.py runs: graph mode, BatchNorm folded, the C++ kernels) and
-onnxruntime fp32 / int8 (2 threads) in interleaved blocks; the median latency in ms is reported. Params and MACs come from ``mindcv_mnv2.summary.model_summary``
+onnxruntime fp32 / int8 (2 threads) and, when installed (``pip install openvino==2026.4.1``; not a
+project dependency), OpenVINO fp32 / int8 on the same ONNX files, in interleaved blocks; the median latency in ms is reported. Params and MACs come from ``mindcv_mnv2.summary.model_summary``
 (1001 classes and TF-slim's conventions: conv/dense weights and biases, MACs of conv/dense).
 TF-slim's "Mobile CPU" column was measured on a Pixel 1 phone (one large core, TF-Lite); the
 numbers here are this 2-core x86 VM's, so compare shapes of the curve, not absolute values.
@@ -46,18 +47,21 @@ def main(argv=None) -> int:
             s = model_summary(width, c["size"], 1001)
             ms_ms, ort_ms = c["mindspore_evalnet"]["median_ms"], c["onnxruntime"]["median_ms"]
             q_ms = c.get("onnxruntime_int8", {}).get("median_ms", float("nan"))
+            ov_ms = c.get("openvino", {}).get("median_ms", float("nan"))
+            ov_q_ms = c.get("openvino_int8", {}).get("median_ms", float("nan"))
             rec = {"width": width, "size": c["size"], "macs_m": s["macs"] / 1e6,
                    "params_m": s["params_excl_bn"] / 1e6, "mindspore_ms": ms_ms, "onnxruntime_ms": ort_ms,
-                   "onnxruntime_int8_ms": q_ms, "ms_over_ort": ratio(ms_ms, ort_ms),
+                   "onnxruntime_int8_ms": q_ms, "openvino_ms": ov_ms, "openvino_int8_ms": ov_q_ms,
+                   "openvino_max_abs_diff": c.get("openvino_max_abs_diff"), "ms_over_ort": ratio(ms_ms, ort_ms),
                    "int8_speedup": ratio(ort_ms, q_ms), "max_abs_diff": c["max_abs_diff"], "load": load,
                    "peak_rss_mib": r["peak_rss_mib"]}
             records.append(rec)
             rows.append((width, c["size"], round(rec["macs_m"]), round(rec["params_m"], 2), ms_ms, ort_ms, q_ms,
-                         rec["ms_over_ort"], rec["int8_speedup"], load))
+                         ov_ms, ov_q_ms, rec["ms_over_ort"], rec["int8_speedup"], load))
             print(f"  {width}@{c['size']}: MindSpore {ms_ms:.2f} ms, ORT {ort_ms:.2f} ms (load {load})",
                   file=sys.stderr, flush=True)
     print_table(["width", "res", "MACs (M)", "params (M)", "MindSpore ms", "ORT fp32 ms", "ORT int8 ms",
-                 "MS / ORT fp32", "int8 speed-up", "load (1-min)"], rows, title="batch-1 latency, median")
+                 "OpenVINO fp32 ms", "OpenVINO int8 ms", "MS / ORT fp32", "int8 speed-up", "load (1-min)"], rows, title="batch-1 latency, median")
     path = write_result("latency", {"rows": records, "blocks": blocks, "per_block": per}, quick=args.quick)
     print(f"wrote {path}", file=sys.stderr)
     return 0
