@@ -184,12 +184,16 @@ def main(argv=None) -> int:
     blocks, per = (1, 2) if args.quick else (args.blocks, args.per_block)
     r = spawn(cases, blocks, per)
     res = r["result"]["cases"]
-    rows = [(f"{c['width']}@{c['size']} bs{c['batch']}", c["mindspore_evalnet"]["img_per_s"],
-             c["onnxruntime"]["img_per_s"], ratio(c["mindspore_evalnet"]["img_per_s"], c["onnxruntime"]["img_per_s"]),
-             c["ms_first_s"], c["max_abs_diff"], f"{r['load_before'][0]:.2f}-{r['load_after'][0]:.2f}")
-            for c in res]
-    print_table(["case", "MindSpore EvalNet img/s", "onnxruntime img/s", "MS / ORT", "MS first call s",
-                 "max |logit diff|", "load (1-min)"], rows, title="inference throughput (median per batch)")
+    def ips(c, key):  # a runtime that is not installed (OpenVINO) or had no photos (int8) shows nan
+        return c.get(key, {}).get("img_per_s", float("nan"))
+
+    rows = [(f"{c['width']}@{c['size']} bs{c['batch']}", ips(c, "mindspore_evalnet"), ips(c, "onnxruntime"),
+             ratio(ips(c, "mindspore_evalnet"), ips(c, "onnxruntime")), ips(c, "onnxruntime_int8"),
+             ips(c, "openvino"), ips(c, "openvino_int8"), c["ms_first_s"], c["max_abs_diff"],
+             f"{r['load_before'][0]:.2f}-{r['load_after'][0]:.2f}") for c in res]
+    print_table(["case", "MindSpore EvalNet img/s", "ORT fp32 img/s", "MS / ORT fp32", "ORT int8 img/s",
+                 "OpenVINO fp32 img/s", "OpenVINO int8 img/s", "MS first call s", "max |logit diff|",
+                 "load (1-min)"], rows, title="inference throughput (median per batch)")
     path = write_result("eval", {"cases": res, "blocks": blocks, "per_block": per, "peak_rss_mib": r["peak_rss_mib"],
                                  "load_before": r["load_before"], "load_after": r["load_after"]}, quick=args.quick)
     print(f"wrote {path}", file=sys.stderr)

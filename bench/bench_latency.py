@@ -1,6 +1,6 @@
 """Batch-1 latency of every width x resolution, next to params and MACs (TF-slim's table, this CPU).
 
-    .venv/bin/python bench/bench_latency.py            # full grid: 6 widths x 5 resolutions (~4 min)
+    .venv/bin/python bench/bench_latency.py            # full grid: 6 widths x 5 resolutions (~7 min)
     .venv/bin/python bench/bench_latency.py --quick    # one network (0.35@96)
 
 Each width runs in its own process (bench_eval's worker): for every resolution the network is

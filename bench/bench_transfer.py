@@ -7,6 +7,8 @@ From 50 images per class of classes 5-9 (250 images), three ways, each with trai
 
 * ``frozen backbone``: ``--ckpt_path base --freeze_layer backbone`` (features computed once, the head
   trains on them);
+* ``first 14 of 19 layers frozen``: ``--freeze_layer 14`` (the last inverted-residual stages and
+  the 1x1 head conv train; the frozen part runs every step without gradients);
 * ``full fine-tune``: ``--ckpt_path base`` (every layer trains, lower lr);
 * ``from scratch``: the same 250 images, no checkpoint.
 
@@ -33,6 +35,7 @@ RECIPE = "configs/mobilenet_v2_0.35_fashion_mnist_cpu.yaml"
 NO_AUG = ["--hflip", "0", "--scale", "1", "1", "--ratio", "1", "1", "--color_jitter", "0"]
 FINETUNE = {  # name: extra train.py flags (all: 250 images, batch 25 = 10 steps per epoch)
     "frozen backbone": ["--freeze_layer", "backbone", "--lr", "0.1", "--weight_decay", "0"],
+    "first 14 of 19 layers frozen": ["--freeze_layer", "14", "--lr", "0.02"],
     "full fine-tune": ["--lr", "0.02"],
     "from scratch": ["--lr", "0.1", "--ckpt_path", ""],
 }
@@ -91,9 +94,15 @@ def main(argv=None) -> int:
     fm = work / "fm"
     base_data = _split(fm, work / "classes_0_4", range(0, 5))
     new_data = _split(fm, work / f"classes_5_9_{args.per_class}", range(5, 10), args.per_class)
-    base_run = work / "runs" / "base"
-    base = _train(base_data, base_run, ["--val_while_train", "False"], base_epochs)
+    base_run = work / "base"  # kept between invocations: the fine-tuning rows can be re-run alone
     base_ckpt = base_run / f"mobilenet_v2_035-{base_epochs}_{len(list((base_data / 'train').rglob('*.png'))) // 128}.ckpt"
+    if base_ckpt.exists():
+        base = json.loads((work / "base.json").read_text())
+        print(f"reusing the pretrained base {base_ckpt} (delete {base_run} to train it again)", file=sys.stderr)
+    else:
+        shutil.rmtree(base_run, ignore_errors=True)
+        base = _train(base_data, base_run, ["--val_while_train", "False"], base_epochs)
+        (work / "base.json").write_text(json.dumps(base))
     rows, results = [], {"base_train_s": base["wall_s"], "per_class": args.per_class, "epochs": args.epochs}
     for name, extra in FINETUNE.items():
         run = work / "runs" / name.replace(" ", "_")

@@ -70,3 +70,15 @@ class Interrupted(MnV2Error, RuntimeError):
     """SIGINT/SIGTERM arrived; a resumable checkpoint was written."""
 
     exit_code = EXIT_INTERRUPTED
+
+
+def require_writable_dir(folder: str, what: str, error: type = UserError) -> None:
+    """Create ``folder`` (and parents); raise ``error`` naming ``what`` (a key or flag) if it cannot be written."""
+    import os
+
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as exc:
+        raise error(f"{what}: cannot create the folder '{folder}' ({exc.strerror}); choose a writable folder") from None
+    if not os.access(folder, os.W_OK):
+        raise error(f"{what}: the folder '{folder}' is not writable; choose a writable folder")

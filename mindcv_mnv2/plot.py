@@ -20,7 +20,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
-from .errors import PlotError
+from .errors import PlotError, require_writable_dir
 
 WIDTH_PX, HEIGHT_PX, DPI = 1500, 450, 100
 EMA_WEIGHT = 0.9
@@ -115,13 +115,7 @@ def _output_path(output: str) -> str:
         raise PlotError(f"-o: '{output}' is a folder; give a file name such as {os.path.join(output, 'curves.png')}")
     if not output.lower().endswith(".png"):
         raise PlotError(f"-o: '{output}' does not end in .png; the plot is written as a PNG file (e.g. curves.png)")
-    folder = os.path.dirname(os.path.abspath(output))
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError as exc:
-        raise PlotError(f"-o: cannot create the folder '{folder}' ({exc.strerror}); choose a writable place") from None
-    if not os.access(folder, os.W_OK):
-        raise PlotError(f"-o: the folder '{folder}' is not writable; choose a writable place")
+    require_writable_dir(os.path.dirname(os.path.abspath(output)), "-o", PlotError)
     return output
 
 

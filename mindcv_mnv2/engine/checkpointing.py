@@ -17,7 +17,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..errors import ConfigError, require_writable_dir
 from ..checkpoint import (EMA_PREFIX, GRAD_ACCUM_PREFIX, OPTIMIZER_SLOT_PREFIXES, CheckpointError,
                           model_meta, read_meta, save_checkpoint)
 from ..interop_modelzoo import SOURCE as MODELZOO_SOURCE
@@ -31,12 +31,7 @@ REBUILT = ("learning_rate",)
 # ----------------------------------------------------------------------------- run directory
 def prepare_run_dir(path: str, resuming: bool) -> None:
     """Create the run directory; refuse one that cannot be written or that holds another run's checkpoints."""
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"ckpt_save_dir: cannot create '{path}' ({exc.strerror}); choose a writable folder") from None
-    if not os.access(path, os.W_OK):
-        raise ConfigError(f"ckpt_save_dir: '{path}' is not writable; choose a writable folder")
+    require_writable_dir(path, "ckpt_save_dir", ConfigError)
     existing = [f for f in os.listdir(path) if f.endswith(".ckpt")]
     if existing and not resuming:
         raise ConfigError(f"ckpt_save_dir: '{path}' already holds checkpoints of a run ({len(existing)} .ckpt files); "
