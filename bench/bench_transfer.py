@@ -7,8 +7,9 @@ From 50 images per class of classes 5-9 (250 images), three ways, each with trai
 
 * ``frozen backbone``: ``--ckpt_path base --freeze_layer backbone`` (features computed once, the head
   trains on them);
-* ``first 14 of 19 layers frozen``: ``--freeze_layer 14`` (the last inverted-residual stages and
-  the 1x1 head conv train; the frozen part runs every step without gradients);
+* ``features 0-13 frozen``: ``--freeze_layer 14`` (the stem and the first 11 of 17 inverted-residual
+  blocks are frozen; blocks 11-16 (the 96/160/320-channel stages) and the last 1x1 conv train; the
+  frozen part runs every step without gradients);
 * ``full fine-tune``: ``--ckpt_path base`` (every layer trains, lower lr);
 * ``from scratch``: the same 250 images, no checkpoint.
 
@@ -35,7 +36,7 @@ RECIPE = "configs/mobilenet_v2_0.35_fashion_mnist_cpu.yaml"
 NO_AUG = ["--hflip", "0", "--scale", "1", "1", "--ratio", "1", "1", "--color_jitter", "0"]
 FINETUNE = {  # name: extra train.py flags (all: 250 images, batch 25 = 10 steps per epoch)
     "frozen backbone": ["--freeze_layer", "backbone", "--lr", "0.1", "--weight_decay", "0"],
-    "first 14 of 19 layers frozen": ["--freeze_layer", "14", "--lr", "0.02"],
+    "features 0-13 frozen": ["--freeze_layer", "14", "--lr", "0.02"],
     "full fine-tune": ["--lr", "0.02"],
     "from scratch": ["--lr", "0.1", "--ckpt_path", ""],
 }
