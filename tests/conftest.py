@@ -59,7 +59,8 @@ from ._data_fixtures import fashion_mnist_tiny, tiny_imagefolder  # noqa: E402,F
 # handed out in collection order, so the long ones go first: otherwise one worker is left with a
 # long file at the end while the other idles (the order inside each file is kept).
 LONG_FILES_FIRST = ("test_engine.py", "test_reliability.py", "test_distributed.py", "test_bench_smoke.py",
-                    "test_deploy.py", "test_finetune.py", "test_transfer.py", "test_curves.py", "test_demo.py", "test_fast_depthwise.py")
+                    "test_deploy.py", "test_finetune.py", "test_transfer.py", "test_curves.py", "test_demo.py",
+                    "test_fast_depthwise.py")
 
 
 def pytest_collection_modifyitems(session, config, items):
