@@ -56,18 +56,13 @@ def run_meta(model: str, model_kwargs: Mapping[str, Any], class_names: List[str]
     return meta
 
 
-def refuse_foreign_resume(path: str, meta: Mapping[str, Any]) -> None:
-    """Refuse, before anything is loaded, to resume from a file whose run state cannot be carried over."""
+def resume_position(path: str, meta: Mapping[str, Any], tensors: Mapping[str, np.ndarray], updates_per_epoch: int,
+                    accumulate: int) -> Dict[str, Any]:
+    """The loop position to continue from: our files say it; a MindCV file's follows from its global_step."""
     if meta.get("source") == MODELZOO_SOURCE:  # its moments are under ModelZoo's names and were not kept
         raise CheckpointError(f"{path}: a MindSpore ModelZoo checkpoint cannot resume a run here (its optimizer "
                               f"state and loop position are not carried over); initialise from its weights with "
                               f"--ckpt_path {path} without --resume_opt / --resume (a fresh optimizer)")
-
-
-def resume_position(path: str, meta: Mapping[str, Any], tensors: Mapping[str, np.ndarray], updates_per_epoch: int,
-                    accumulate: int) -> Dict[str, Any]:
-    """The loop position to continue from: our files say it; a MindCV file's follows from its global_step."""
-    refuse_foreign_resume(path, meta)
     ts = meta.get("train_state")
     if ts:
         if ts.get("updates_per_epoch") != updates_per_epoch:

@@ -18,8 +18,8 @@ from ..distributed import DistInfo, init_distributed
 from ..errors import Interrupted, TrainingDiverged  # noqa: F401  (raised here; re-exported)
 from ..ops import cpu_isa, kernel_in_use
 from . import builders
-from .checkpointing import (CheckpointKeeper, find_resume_checkpoint, prepare_run_dir, refuse_foreign_resume,
-                            restore_run_tensors, resume_position, run_meta, run_tensors)
+from .checkpointing import (CheckpointKeeper, find_resume_checkpoint, prepare_run_dir, restore_run_tensors,
+                            resume_position, run_meta, run_tensors)
 from .context import amp_level_for, setup_context
 from . import finetune
 from .curves import TENSORBOARD_DIR, Curves, tensorboard_available
@@ -82,8 +82,9 @@ class Trainer:
         self.net = builders.build_model(cfg, self.model_kwargs, self.device)
         if init_path:
             self._init_weights(init_path, tensors)
-        elif resume_path:  # the weights first: cached features (below) are computed from them
-            refuse_foreign_resume(resume_path, meta)
+        elif resume_path:  # a file that cannot resume is refused before anything loads; then the
+            # weights, once and before anything else: cached features (below) are computed from them
+            position = resume_position(resume_path, meta, tensors, self.updates_per_epoch, self.accum)
             load_weights(self.net, tensors, strict=True, use_ema=False)
         self.n_frozen = builders.frozen_layers(cfg, self.net)
         frozen = finetune.freeze(self.net, self.n_frozen)
@@ -105,7 +106,7 @@ class Trainer:
         self.start_epoch, self.skip_steps = 0, 0
         self.best: Dict[str, Any] = {"top1": None, "epoch": None}
         if resume_path:
-            self._restore(resume_path, tensors, meta)
+            self._restore(resume_path, tensors, position)
         del tensors
         self.eval_net: Optional[EvalNet] = None
         self.signals = StopSignals()
@@ -220,9 +221,8 @@ class Trainer:
     def _current_lr(self) -> float:
         return float(self.lr[min(self._global_step(), len(self.lr) - 1)])
 
-    def _restore(self, path: str, tensors: Dict[str, np.ndarray], meta: Dict[str, Any]) -> None:
-        ts = resume_position(path, meta, tensors, self.updates_per_epoch, self.accum)
-        load_weights(self.net, tensors, strict=True, use_ema=False)
+    def _restore(self, path: str, tensors: Dict[str, np.ndarray], ts: Dict[str, Any]) -> None:
+        """Optimizer slots, counters and EMA from the file (its weights are loaded), then the loop position."""
         restore_run_tensors(path, self.step.parameters_dict(), [p.name for p in self.net.get_parameters()], tensors,
                             self.cfg.opt)
         self.start_epoch = int(ts["epoch"])
