@@ -109,9 +109,10 @@ class Config:
                                 "parameters; for small images and dense tasks) [models.create_model]", OUTPUT_STRIDES)
     padding: str = _f("symmetric", "symmetric (MindCV/torchvision) or tf_same (TensorFlow/Keras weights) "
                                    "[models.create_model]", PADDINGS)
-    depthwise_kernel: str = _f("auto", "depthwise 3x3 conv: aot = the project's C++ CPU kernel (built once with g++; "
-                                       "~2x faster CPU training, same results to float rounding), native = "
-                                       "nn.Conv2d, auto = aot on CPU, native elsewhere [ops.apply_depthwise_kernel]",
+    depthwise_kernel: str = _f("auto", "aot = the project's C++ CPU kernels for the depthwise 3x3 conv and the training "
+                                       "BatchNorm + ReLU6 (built once with g++; ~2x faster CPU training, same "
+                                       "results to float rounding), native = MindSpore's nn.Conv2d / nn.BatchNorm2d, "
+                                       "auto = aot on CPU, native elsewhere [ops.apply_depthwise_kernel]",
                                DEPTHWISE_KERNELS)
     freeze_layer: str = _f("none", "fine-tuning: none, backbone (only the classifier trains), or N (the first N "
                                    "entries of features frozen; ModelZoo's key) [engine.finetune]")

@@ -8,7 +8,8 @@ ms = pytest.importorskip("mindspore")
 from mindspore import nn, ops  # noqa: E402
 
 from mindcv_mnv2.models import create_model  # noqa: E402
-from mindcv_mnv2.ops import KernelBuildError, build_library, kernel_in_use, resolve_kernel, swap_depthwise  # noqa: E402
+from mindcv_mnv2.ops import (KernelBuildError, build_library, kernel_in_use, resolve_kernel,  # noqa: E402
+                             swap_batchnorm, swap_depthwise)
 from mindcv_mnv2.ops.depthwise import aot_depthwise  # noqa: E402
 
 pytestmark = [pytest.mark.usefixtures("ms_cpu"), pytest.mark.numerics]
@@ -107,8 +108,8 @@ class _LossAndGrads(nn.Cell):
 
 
 def test_training_gradients_match_native_kernel(graph):
-    """Graph mode, BN in training mode: loss and every parameter's gradient agree with the native kernel
-    to within the native kernel's own rounding noise.
+    """Graph mode, BN in training mode: loss and every parameter's gradient on the C++ kernels (depthwise
+    and BatchNorm) agree with the native kernels to within the native kernels' own rounding noise.
 
     A comparison of weights after several SGD steps would not be honest here: on a batch this small
     a 1e-6 relative change of one weight already changes the third step's loss by ~10% (measured),
@@ -122,8 +123,8 @@ def test_training_gradients_match_native_kernel(graph):
     def run(kernel, order):
         ms.set_seed(0)
         net = create_model("mobilenet_v2_035", num_classes=10)
-        if kernel == "aot":
-            swap_depthwise(net)
+        if kernel == "aot":  # what depthwise_kernel auto runs on CPU: the depthwise and BatchNorm kernels
+            assert swap_depthwise(net) == 17 and swap_batchnorm(net) == 52
         net.set_train(True)
         step = _LossAndGrads(net)
         loss, grads = step(ms.Tensor(x[order]), ms.Tensor(y[order]))

@@ -1,6 +1,7 @@
-"""Custom operators: the C++ depthwise 3x3 kernel for CPU training and evaluation."""
+"""Custom operators: the C++ depthwise 3x3 and training BatchNorm (+ ReLU6) kernels for CPU."""
+from .batchnorm import swap_batchnorm  # noqa: F401
 from .depthwise import (CHOICES, KernelBuildError, apply_depthwise_kernel, build_library,  # noqa: F401
                         kernel_in_use, resolve_kernel, swap_depthwise)
 
 __all__ = ["CHOICES", "KernelBuildError", "apply_depthwise_kernel", "build_library", "kernel_in_use",
-           "resolve_kernel", "swap_depthwise"]
+           "resolve_kernel", "swap_batchnorm", "swap_depthwise"]

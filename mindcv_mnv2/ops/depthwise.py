@@ -26,7 +26,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Optional, Tuple
 
-SOURCE = Path(__file__).resolve().with_name("depthwise.cc")
+# one shared library: the depthwise kernels and the training BatchNorm (+ ReLU6) kernels
+SOURCES = tuple(Path(__file__).resolve().with_name(n) for n in ("depthwise.cc", "batchnorm.cc"))
 from ..constants import DEPTHWISE_KERNELS as CHOICES  # noqa: E402
 BUILD_TIMEOUT_S = 300.0  # a compile takes ~10 s; past this the compiler is taken to hang
 # -march of the build: this CPU's own instructions unless MINDCV_MNV2_MARCH names a target
@@ -76,14 +77,14 @@ def _march() -> str:
 
 @lru_cache(maxsize=None)
 def build_library() -> Path:
-    """Compile depthwise.cc for this machine once (cached on disk); the shared library's path."""
+    """Compile the C++ kernels (SOURCES) for this machine once (cached on disk); the shared library's path."""
     cxx = _compiler()
     march = _march()
     try:
         version = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=60).stdout
     except (OSError, subprocess.SubprocessError) as exc:
         raise KernelBuildError(f"{cxx} --version failed ({exc}); set depthwise_kernel: native") from None
-    key = hashlib.sha256(SOURCE.read_bytes() + version.encode() + _cpu_signature().encode()
+    key = hashlib.sha256(b"".join(f.read_bytes() for f in SOURCES) + version.encode() + _cpu_signature().encode()
                          + march.encode()).hexdigest()[:16]
     out_dir = cache_dir()
     lib = out_dir / f"libmnv2_depthwise_{key}.so"
@@ -97,7 +98,7 @@ def build_library() -> Path:
     except OSError as exc:
         raise KernelBuildError(f"cannot write the kernel cache {out_dir} ({exc.strerror}): set MINDCV_MNV2_CACHE "
                                f"to a writable directory, or set depthwise_kernel: native") from None
-    cmd = [cxx, "-O3", f"-march={march}", "-fopenmp", "-shared", "-fPIC", str(SOURCE), "-o", tmp]
+    cmd = [cxx, "-O3", f"-march={march}", "-fopenmp", "-shared", "-fPIC", *map(str, SOURCES), "-o", tmp]
     try:
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
@@ -227,11 +228,13 @@ def swap_depthwise(net) -> int:
 
 
 def apply_depthwise_kernel(net, choice: str, device_target: str) -> str:
-    """Swap in the C++ kernel when ``choice`` resolves to aot on this device; the kernel in use."""
+    """Swap in the C++ kernels (depthwise 3x3, training BatchNorm + ReLU6) when ``choice`` resolves to aot."""
     kernel, why = resolve_kernel(choice, device_target)
     if kernel == "aot":
-        n = swap_depthwise(net)
-        log.debug("depthwise kernel: aot (%d layers)", n)
+        from .batchnorm import swap_batchnorm  # here, not at the top: batchnorm imports build_library from us
+
+        n, n_bn = swap_depthwise(net), swap_batchnorm(net)
+        log.debug("C++ kernels: %d depthwise layers, %d BatchNorm layers", n, n_bn)
     elif why and choice == "auto" and device_target == "CPU":
         log.warning("depthwise_kernel auto: using MindSpore's slower native depthwise conv (%s)", why)
     return kernel
