@@ -65,6 +65,15 @@ void forward(const float *x, const float *wt, float *y, int64_t n, int64_t c, in
 template <int S, int D>
 void grad_input(const float *dy, const float *wt, float *dx, int64_t n, int64_t c, int64_t h, int64_t w,
                 int64_t oh, int64_t ow) {
+  if (S == 1) {
+    // Stride 1: dx is dy correlated with the kernel turned by 180 degrees (same padding D), i.e. the
+    // forward kernel, which keeps all nine taps in registers (~2x faster than scattering rows).
+    std::vector<float> flip(c * 9);
+    for (int64_t ch = 0; ch < c; ++ch)
+      for (int t = 0; t < 9; ++t) flip[ch * 9 + t] = wt[ch * 9 + 8 - t];
+    forward<1, D>(dy, flip.data(), dx, n, c, oh, ow, h, w);
+    return;
+  }
 #pragma omp parallel
   {
     const int64_t pw = w + 2 * D;
@@ -79,20 +88,11 @@ void grad_input(const float *dy, const float *wt, float *dx, int64_t n, int64_t 
         for (int ky = 0; ky < 3; ++ky) {
           float *row = acc.data() + (oy * S + ky * D) * pw;
           const float k0 = k[ky * 3], k1 = k[ky * 3 + 1], k2 = k[ky * 3 + 2];
-          if (S == 1) {
-#pragma omp simd
-            for (int64_t ox = 0; ox < ow; ++ox) row[ox] += k0 * gr[ox];
-#pragma omp simd
-            for (int64_t ox = 0; ox < ow; ++ox) row[ox + D] += k1 * gr[ox];
-#pragma omp simd
-            for (int64_t ox = 0; ox < ow; ++ox) row[ox + 2 * D] += k2 * gr[ox];
-          } else {
-            for (int64_t ox = 0; ox < ow; ++ox) {
-              const float v = gr[ox];
-              row[ox * S] += k0 * v;
-              row[ox * S + D] += k1 * v;
-              row[ox * S + 2 * D] += k2 * v;
-            }
+          for (int64_t ox = 0; ox < ow; ++ox) {
+            const float v = gr[ox];
+            row[ox * S] += k0 * v;
+            row[ox * S + D] += k1 * v;
+            row[ox * S + 2 * D] += k2 * v;
           }
         }
       }
@@ -102,13 +102,72 @@ void grad_input(const float *dy, const float *wt, float *dx, int64_t n, int64_t 
   }
 }
 
+typedef float v8f __attribute__((vector_size(32)));  // 8 floats: one AVX register, two SSE ones
+
+inline v8f load8(const float *p) {
+  v8f v;
+  std::memcpy(&v, p, sizeof(v));  // an unaligned load
+  return v;
+}
+
+// Stride 1: the nine tap sums over 8 output columns at a time, in nine vector registers held over
+// the whole plane (rows of dy padded with zeros to a multiple of 8, so the spare lanes add nothing).
+template <int D>
+void grad_weight_s1(const float *x, const float *dy, float *dw, int64_t n, int64_t c, int64_t h, int64_t w) {
+  const int64_t wb = (w + 7) / 8 * 8;
+  const int64_t pw = wb + 2 * D;
+#pragma omp parallel
+  {
+    std::vector<float> pad((h + 2 * D) * pw, 0.f);
+    std::vector<float> g(h * wb, 0.f);  // tail columns stay zero
+#pragma omp for schedule(static)
+    for (int64_t ch = 0; ch < c; ++ch) {
+      double sum[9] = {0, 0, 0, 0, 0, 0, 0, 0, 0};  // double: a sum over the whole batch
+      for (int64_t b = 0; b < n; ++b) {
+        const int64_t p = b * c + ch;
+        const float *xs = x + p * h * w, *gs = dy + p * h * w;
+        for (int64_t y = 0; y < h; ++y) {  // borders and tails were zeroed once and are never written
+          std::memcpy(pad.data() + (y + D) * pw + D, xs + y * w, sizeof(float) * w);
+          std::memcpy(g.data() + y * wb, gs + y * w, sizeof(float) * w);
+        }
+        v8f a[9];
+        for (int t = 0; t < 9; ++t) a[t] = v8f{0, 0, 0, 0, 0, 0, 0, 0};
+        for (int64_t oy = 0; oy < h; ++oy) {
+          for (int64_t x0 = 0; x0 < wb; x0 += 8) {
+            const v8f gv = load8(g.data() + oy * wb + x0);
+            for (int ky = 0; ky < 3; ++ky) {
+              const float *r = pad.data() + (oy + ky * D) * pw + x0;
+              a[ky * 3] += gv * load8(r);
+              a[ky * 3 + 1] += gv * load8(r + D);
+              a[ky * 3 + 2] += gv * load8(r + 2 * D);
+            }
+          }
+        }
+        for (int t = 0; t < 9; ++t) {
+          double s = 0.0;
+          for (int j = 0; j < 8; ++j) s += a[t][j];
+          sum[t] += s;
+        }
+      }
+      for (int i = 0; i < 9; ++i) dw[ch * 9 + i] = static_cast<float>(sum[i]);
+    }
+  }
+}
+
 template <int S, int D>
 void grad_weight(const float *x, const float *dy, float *dw, int64_t n, int64_t c, int64_t h, int64_t w,
                  int64_t oh, int64_t ow) {
+  if (S == 1) {
+    grad_weight_s1<D>(x, dy, dw, n, c, h, w);
+    return;
+  }
 #pragma omp parallel
   {
     const int64_t pw = w + 2 * D;
     std::vector<float> pad((h + 2 * D) * pw);
+    // One accumulator row per tap, summed down the plane with vertical (SIMD) adds: a horizontal
+    // reduction per output row cost more than the products on MobileNetV2's short rows (6-48).
+    std::vector<float> acc(9 * ow);
 #pragma omp for schedule(static)
     for (int64_t ch = 0; ch < c; ++ch) {
       double sum[9] = {0, 0, 0, 0, 0, 0, 0, 0, 0};  // double: a sum over the whole batch
@@ -116,17 +175,34 @@ void grad_weight(const float *x, const float *dy, float *dw, int64_t n, int64_t 
         const int64_t p = b * c + ch;
         pad_plane<D>(x + p * h * w, h, w, pad.data());
         const float *g = dy + p * oh * ow;
-        for (int ky = 0; ky < 3; ++ky) {
-          for (int kx = 0; kx < 3; ++kx) {
-            float s = 0.f;
-            for (int64_t oy = 0; oy < oh; ++oy) {
-              const float *r = pad.data() + (oy * S + ky * D) * pw + kx * D;
-              const float *gr = g + oy * ow;
-#pragma omp simd reduction(+ : s)
-              for (int64_t ox = 0; ox < ow; ++ox) s += gr[ox] * r[ox * S];
+        std::fill(acc.begin(), acc.end(), 0.f);
+        for (int64_t oy = 0; oy < oh; ++oy) {
+          const float *gr = g + oy * ow;
+          for (int ky = 0; ky < 3; ++ky) {
+            const float *r = pad.data() + (oy * S + ky * D) * pw;
+            float *a0 = acc.data() + (ky * 3) * ow, *a1 = a0 + ow, *a2 = a1 + ow;
+            if (S == 1) {
+#pragma omp simd
+              for (int64_t ox = 0; ox < ow; ++ox) {
+                const float v = gr[ox];
+                a0[ox] += v * r[ox];
+                a1[ox] += v * r[ox + D];
+                a2[ox] += v * r[ox + 2 * D];
+              }
+            } else {
+              for (int64_t ox = 0; ox < ow; ++ox) {
+                const float v = gr[ox];
+                a0[ox] += v * r[ox * S];
+                a1[ox] += v * r[ox * S + D];
+                a2[ox] += v * r[ox * S + 2 * D];
+              }
             }
-            sum[ky * 3 + kx] += s;
           }
+        }
+        for (int t = 0; t < 9; ++t) {
+          double s = 0.0;
+          for (int64_t ox = 0; ox < ow; ++ox) s += acc[t * ow + ox];
+          sum[t] += s;
         }
       }
       for (int i = 0; i < 9; ++i) dw[ch * 9 + i] = static_cast<float>(sum[i]);
