@@ -13,8 +13,10 @@ relative to the reference's scale). Speed: forward+backward (grad of sum(y * r) 
 and weight) per call, graph mode jit O0, both implementations interleaved in blocks; medians,
 ratio. Then the project's TrainStep (bench_train_step worker) with every depthwise conv swapped
 vs stock, interleaved child processes: the demo model (0.35@32, batch 128) and 1.0@224 batch 32
-(plus PyTorch channels_last there). ``AOT + OMP_WAIT_POLICY=ACTIVE`` shows why the package sets
-libgomp's wait policy to PASSIVE (spinning OpenMP threads starve MindSpore's thread pool).
+and 0.35@96 (plus PyTorch channels_last), with the depthwise kernel alone and with the training
+BatchNorm kernel too (what ``depthwise_kernel: auto`` runs). ``--with_active`` adds ``OMP_WAIT_POLICY=ACTIVE``,
+which shows why the package sets libgomp's wait policy to PASSIVE (spinning OpenMP threads starve
+MindSpore's thread pool).
 Result: bench/results/aot_depthwise.json.
 """
 from __future__ import annotations
@@ -107,7 +109,7 @@ def check_and_time(shape, stride: int, blocks: int, per_block: int, AotDepthwise
     return out
 
 
-def train_step_comparison(quick: bool, reps: int) -> list:
+def train_step_comparison(quick: bool, reps: int, with_active: bool = False) -> list:
     """The project's TrainStep with stock vs AOT depthwise convs (and PyTorch), interleaved child processes."""
     from _common import BENCH_PY, PROJECT_PY, have_bench_venv, interleave, median, paired_ratios, run_child
 
@@ -128,11 +130,12 @@ def train_step_comparison(quick: bool, reps: int) -> list:
                 return res
             return run
 
+        both = ["--worker", "ms", "--aot_depthwise", "--aot_batchnorm"]  # what depthwise_kernel auto runs on CPU
         contenders = {"stock nn.Conv2d": job(PROJECT_PY, ["--worker", "ms"])}
         contenders["AOT depthwise"] = job(PROJECT_PY, ["--worker", "ms", "--aot_depthwise"])
-        if not quick:
-            contenders["AOT + OMP_WAIT_POLICY=ACTIVE"] = job(PROJECT_PY, ["--worker", "ms", "--aot_depthwise"],
-                                                             {"OMP_WAIT_POLICY": "ACTIVE"})
+        contenders["AOT depthwise + BatchNorm"] = job(PROJECT_PY, both)
+        if with_active and not quick:
+            contenders["AOT + OMP_WAIT_POLICY=ACTIVE"] = job(PROJECT_PY, both, {"OMP_WAIT_POLICY": "ACTIVE"})
         if have_bench_venv() and not quick:
             contenders["torch channels_last"] = job(BENCH_PY, ["--worker", "torch", "--channels_last"])
         print(f"== TrainStep {width}@{size} batch {batch}", file=sys.stderr)
@@ -154,6 +157,7 @@ def main(argv=None) -> int:
     ap.add_argument("--per_block", type=int, default=3)
     ap.add_argument("--reps", type=int, default=2, help="repetitions of the TrainStep comparison")
     ap.add_argument("--kernels_only", action="store_true", help="skip the TrainStep comparison")
+    ap.add_argument("--with_active", action="store_true", help="also time OMP_WAIT_POLICY=ACTIVE (why PASSIVE)")
     args = ap.parse_args(argv)
     import mindspore as ms
 
@@ -187,12 +191,13 @@ def main(argv=None) -> int:
               file=sys.stderr, flush=True)
     print_table(["input (N,C,H,W) stride", "nn.Conv2d fwd+bwd ms", "AOT fwd+bwd ms", "speedup",
                  "max rel. diff (fwd, dx, dw)", "load (1-min)"], rows, title="depthwise 3x3, median per call")
-    steps = [] if args.kernels_only else train_step_comparison(args.quick, 1 if args.quick else args.reps)
+    steps = [] if args.kernels_only else train_step_comparison(args.quick, 1 if args.quick else args.reps,
+                                                                   args.with_active)
     for c in steps:
         print_table(["TrainStep", "img/s (median)", "x stock (paired median)", "first step s", "load (1-min)"],
                     [(k, v["img_per_s"], v["x_stock"], v["first_step_s"], " ".join(f"{x:.2f}" for x in v["load"]))
                      for k, v in c["summary"].items()],
-                    title=f"TrainStep {c['width']}@{c['size']} batch {c['batch']} with the AOT depthwise kernels")
+                    title=f"TrainStep {c['width']}@{c['size']} batch {c['batch']} with the C++ kernels")
     path = write_result("aot_depthwise", {"cases": recs, "blocks": blocks, "per_block": per,
                                           "library": str(lib.name), "train_step": steps}, quick=args.quick)
     print(f"wrote {path}", file=sys.stderr)

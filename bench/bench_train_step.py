@@ -60,6 +60,10 @@ def ms_worker(args: argparse.Namespace) -> dict:
         from mindcv_mnv2.ops import swap_depthwise
 
         swapped = swap_depthwise(net)
+    if args.aot_batchnorm:  # and its training BatchNorm (+ ReLU6) kernel: both = depthwise_kernel auto on CPU
+        from mindcv_mnv2.ops import swap_batchnorm
+
+        swapped += swap_batchnorm(net)
     loss_fn = create_loss("CE", args.num_classes, 0.1)
     lr = np.full(10_000, 0.01, np.float32)
     opt = create_optimizer(net.trainable_params(), "momentum", lr, momentum=0.9, weight_decay=4e-5,
@@ -72,7 +76,7 @@ def ms_worker(args: argparse.Namespace) -> dict:
     names = [p.name for p in step.trainable_params()]
     assert len(names) == len(set(names)), "duplicate parameter names after the depthwise swap"
     return _time_steps(lambda: float(step(x, y).asnumpy()), args,
-                       extra={"import_s": import_s, "aot_depthwise_swapped": swapped})
+                       extra={"import_s": import_s, "aot_swapped": swapped})
 
 
 def torch_worker(args: argparse.Namespace) -> dict:
@@ -170,6 +174,7 @@ def main(argv=None) -> int:
     ap.add_argument("--op_threads", type=int, default=0, help="CPU kernel threads (0 = MindSpore's default)")
     ap.add_argument("--dispatch_threads", type=int, default=0, help="runtime dispatch threads (0 = default)")
     ap.add_argument("--aot_depthwise", action="store_true", help="swap in mindcv_mnv2.ops's C++ depthwise kernel")
+    ap.add_argument("--aot_batchnorm", action="store_true", help="swap in mindcv_mnv2.ops's C++ BatchNorm kernel")
     ap.add_argument("--affinity", action="store_true", help="mindspore.runtime.set_cpu_affinity(True)")
     ap.add_argument("--torch_threads", type=int, default=0)
     ap.add_argument("--channels_last", action="store_true")
