@@ -111,6 +111,8 @@ def test_checkpoint_is_self_describing_and_complete(graph_run):
     assert meta["eval"]["image_size"] == 32
     ts = meta["train_state"]
     assert (ts["epoch"], ts["global_step"], ts["steps_per_epoch"]) == (2, 2 * STEPS, STEPS)
+    # the trainer counts updates on the host; the optimizer's own counter, saved beside it, must agree
+    assert int(np.asarray(tensors["global_step"]).reshape(-1)[0]) == ts["global_step"]
     assert meta["config"]["lr"] == cfg.lr
     assert os.stat(run_dir / f"mobilenet_v2_035-2_{STEPS}.ckpt").st_mode & 0o200  # not left read-only
     from mindcv_mnv2.checkpoint import load_model
