@@ -115,6 +115,9 @@ def test_swap_keeps_parameters_names_and_order():
     kinds = [type(c).__name__ for _, c in net.cells_and_names()]
     assert kinds.count("AotBatchNorm") == 52 and kinds.count("FusedReLU6") == 35 and "BatchNorm2d" not in kinds
     assert swap_batchnorm(net) == 0  # idempotent: nothing left to swap
+    # a BatchNorm told to always use the moving (or the batch) statistics keeps MindSpore's layer
+    fixed = nn.SequentialCell([nn.BatchNorm2d(4, use_batch_statistics=False), nn.ReLU6()])
+    assert swap_batchnorm(fixed) == 0 and type(fixed[0]) is nn.BatchNorm2d and type(fixed[1]) is nn.ReLU6
 
 
 def test_cpu_kernels_apply_to_both_layer_kinds():

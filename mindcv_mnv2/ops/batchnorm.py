@@ -98,7 +98,8 @@ def swap_batchnorm(net) -> int:
         n = len(parent)
         for k in range(n):
             bn = parent[k]
-            if type(bn) is not nn.BatchNorm2d:
+            # use_batch_statistics None = batch statistics when training, moving ones in eval (ours)
+            if type(bn) is not nn.BatchNorm2d or getattr(bn, "use_batch_statistics", None) is not None:
                 continue
             relu6 = k + 1 < n and type(parent[k + 1]) is nn.ReLU6
             parent[k] = aot_bn(bn, relu6)
