@@ -53,6 +53,9 @@ void bn_forward(const float *x, const float *gamma, const float *beta, float *y,
   }
 }
 
+// ReLU6's gradient from its output: d where 0 < y < 6, else 0; a product, not a branch (masks are random)
+inline float relu6_grad(float d, float y) { return d * static_cast<float>((y > 0.f) & (y < 6.f)); }
+
 // dz = dy * [0 < y < 6] (ReLU6's gradient, from its output) or dy; then the BatchNorm gradient
 // dx = gamma * invstd * (dz - mean(dz) - xhat * mean(dz * xhat)), dgamma = sum(dz * xhat), dbeta = sum(dz).
 template <int ACT>
@@ -70,7 +73,7 @@ void bn_backward(const float *x, const float *gamma, const float *mean, const fl
 #pragma omp simd reduction(+ : sdz, sdzx)
       for (int64_t i = 0; i < hw; ++i) {
         float d = pd[i];
-        if (ACT == 2) d *= static_cast<float>((py[i] > 0.f) & (py[i] < 6.f));  // no branch: masks are random
+        if (ACT == 2) d = relu6_grad(d, py[i]);
         sdz += d;
         sdzx += static_cast<double>(d) * (px[i] - mu);
       }
@@ -91,7 +94,7 @@ void bn_backward(const float *x, const float *gamma, const float *mean, const fl
 #pragma omp simd
       for (int64_t i = 0; i < hw; ++i) {
         float d = pd[i];
-        if (ACT == 2) d *= static_cast<float>((py[i] > 0.f) & (py[i] < 6.f));  // no branch: masks are random
+        if (ACT == 2) d = relu6_grad(d, py[i]);
         q[i] = fa * ((d - mdz) - (px[i] - mu) * k);
       }
     }
