@@ -10,7 +10,7 @@ from mindcv_mnv2.engine.evaluator import EvalNet  # noqa: E402
 from mindcv_mnv2.models import MobileNetV2  # noqa: E402
 from mindcv_mnv2.models.fold import FoldedMobileNetV2, fold_conv_bn  # noqa: E402
 from mindcv_mnv2.ops import swap_depthwise  # noqa: E402
-from mindcv_mnv2.ops.depthwise import fused_depthwise, fused_epilogue  # noqa: E402
+from mindcv_mnv2.ops.folded import fused_block, fused_conv, fused_depthwise, fused_epilogue  # noqa: E402
 
 pytestmark = [pytest.mark.usefixtures("pynative"), pytest.mark.numerics]  # PyNative: no graph compiles
 
@@ -70,19 +70,27 @@ def test_folded_network_equals_unfolded(width, kw):
     plain = FoldedMobileNetV2(net)
     plain.set_train(False)
     swap_depthwise(net)  # as on CPU: the fused C++ kernels take the swapped network
-    fused = FoldedMobileNetV2(net, fused_epilogue, fused_depthwise)
+    per_layer = FoldedMobileNetV2(net, fused_epilogue, fused_depthwise)  # MindSpore's 1x1 convs
+    fused = FoldedMobileNetV2(net, fused_epilogue, fused_depthwise, fused_conv, fused_block)  # as EvalNet
+    per_layer.set_train(False)
     fused.set_train(False)
+    kinds = [type(c).__name__ for c in fused.features]
+    if not kw:  # every block is one operator, and the stem and the last conv are C++ products
+        assert kinds[0] == kinds[-1] == "AotConvBias" and kinds[1] == "AotBlockNoExpand"
+        assert set(kinds[2:-1]) == {"AotBlock"}, kinds
+    else:  # dilated (os8) and TF-padded layers keep the per-layer path: still exact, checked below
+        assert "_FoldedBlock" in kinds and "AotBlock" in kinds, kinds
 
     def errors(folded):
         return {"logits": np.abs(folded(x).asnumpy() - ref).max(),
                 "maps": np.abs(folded.features(x).asnumpy() - ref_maps).max()}
 
-    for name, folded in (("plain ops", plain), ("fused C++", fused)):
+    for name, folded in (("plain ops", plain), ("C++ per layer", per_layer), ("C++ blocks", fused)):
         err = errors(folded)
         assert all(err[k] <= bound[k] for k in err), (name, err, bound)
     cell = fused._sources[len(fused._sources) // 2][0]
     cell.bias.set_data(ms.Tensor(np.zeros(cell.bias.shape, np.float32)))  # one layer's folded shift lost
-    assert errors(fused)["logits"] > 10 * bound["logits"]
+    assert errors(fused)["logits"] > 10 * bound["logits"]  # (the fused block reads the same Parameter)
     assert not any(p.name.endswith("gamma") for p in fused.get_parameters())  # no BatchNorm left
 
 

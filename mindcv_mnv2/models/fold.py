@@ -7,8 +7,10 @@ float rounding, with one pass over each activation instead of three (conv, Batch
 is where MindSpore's CPU evaluation spent most of its time. Checkpoints are unchanged: the folded
 copy is rebuilt from the trained network's tensors (``refresh``).
 
-How the bias (+ ReLU6, + residual) is applied is pluggable: plain MindSpore ops by default (any
-device, exportable), or fused kernels (engine.evaluator passes the C++ ones of mindcv_mnv2.ops on CPU).
+How each layer runs is pluggable: plain MindSpore ops by default (any device, exportable), or fused
+kernels from factories (engine.evaluator passes the C++ ones of mindcv_mnv2.ops.folded on CPU): an
+epilogue after a convolution, a depthwise layer, a whole convolution with its epilogue, or a whole
+inverted-residual block. A factory returns None for a layer it does not take, which then stays plain.
 """
 from __future__ import annotations
 
@@ -25,6 +27,10 @@ __all__ = ["FoldedMobileNetV2", "fold_conv_bn"]
 EpilogueFactory = Callable[[bool, bool], nn.Cell]
 # make_depthwise(conv, weight, bias, relu6) -> Cell computing relu6?(depthwise(x) + bias), or None
 DepthwiseFactory = Callable[[nn.Cell, Parameter, Parameter, bool], Optional[nn.Cell]]
+# make_conv(conv, weight, bias, relu6, residual) -> Cell like ConvBias / ConvBiasResidual, or None
+ConvFactory = Callable[[nn.Cell, Parameter, Parameter, bool, bool], Optional[nn.Cell]]
+# make_block([(conv, weight, bias, relu6) per layer], residual) -> Cell computing the whole block, or None
+BlockFactory = Callable[[List[Tuple[nn.Cell, Parameter, Parameter, bool]], bool], Optional[nn.Cell]]
 
 
 def fold_conv_bn(weight: np.ndarray, gamma: np.ndarray, beta: np.ndarray, mean: np.ndarray, var: np.ndarray,
@@ -103,7 +109,8 @@ class FoldedMobileNetV2(nn.Cell):
     """
 
     def __init__(self, net: MobileNetV2, make_epilogue: Optional[EpilogueFactory] = None,
-                 make_depthwise: Optional[DepthwiseFactory] = None) -> None:
+                 make_depthwise: Optional[DepthwiseFactory] = None, make_conv: Optional[ConvFactory] = None,
+                 make_block: Optional[BlockFactory] = None) -> None:
         super().__init__()
         make_epilogue = make_epilogue or Epilogue
         self.num_classes = net.num_classes
@@ -115,19 +122,23 @@ class FoldedMobileNetV2(nn.Cell):
             cls = ConvBiasResidual if residual else ConvBias
             cell = cls(_plain_conv(conv), out_ch, make_epilogue(relu6, residual))
             self._sources.append((cell, conv_name, bn_prefix, float(bn.eps)))
+            specs.append((conv, cell.conv.weight, cell.bias, relu6))
+            fused = None
             if make_depthwise is not None and not residual and _is_depthwise(conv):
                 fused = make_depthwise(conv, cell.conv.weight, cell.bias, relu6)
-                if fused is not None:
-                    return fused
-            return cell
+            elif make_conv is not None and not _is_depthwise(conv):
+                fused = make_conv(conv, cell.conv.weight, cell.bias, relu6, residual)
+            return cell if fused is None else fused
 
         f = net.features
+        specs: List[Tuple[nn.Cell, Parameter, Parameter, bool]] = []  # the current block's layers
         layers: List[nn.Cell] = [folded(f[0], f[1], "features.0", "features.1", relu6=True)]
         for i in range(3, len(f) - 3):
             block: InvertedResidual = f[i]
             cells = list(block.layers)
             p = f"features.{i}.layers"
             body: List[nn.Cell] = []
+            specs.clear()
             k = 0
             while k < len(cells):
                 conv, bn = cells[k], cells[k + 1]
@@ -136,7 +147,8 @@ class FoldedMobileNetV2(nn.Cell):
                 body.append(folded(conv, bn, f"{p}.{k}", f"{p}.{k + 1}", relu6,
                                    residual=last and block.use_res_connect))
                 k += 3 if relu6 else 2
-            layers.append(_FoldedBlock(body, block.use_res_connect))
+            whole = make_block(list(specs), block.use_res_connect) if make_block is not None else None
+            layers.append(whole if whole is not None else _FoldedBlock(body, block.use_res_connect))
         n = len(f)
         layers.append(folded(f[n - 3], f[n - 2], f"features.{n - 3}", f"features.{n - 2}", relu6=True))
         self.features = nn.SequentialCell(layers)

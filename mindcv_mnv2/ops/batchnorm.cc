@@ -10,6 +10,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include "dw_plane.h"
+
 namespace {
 
 // ACT: 0 = none, 2 = ReLU6 after the affine map.
@@ -101,8 +103,6 @@ void bn_backward(const float *x, const float *gamma, const float *mean, const fl
   }
 }
 
-bool is_f32(const char *t) { return std::strcmp(t, "float32") == 0; }
-
 }  // namespace
 
 extern "C" {
@@ -112,8 +112,7 @@ extern "C" {
   int NAME(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *stream,        \
            void *extra) {                                                                                    \
     if (nparam != 7 || ndims[0] != 4) return 1;                                                              \
-    for (int i = 0; i < nparam; ++i)                                                                         \
-      if (!is_f32(dtypes[i])) return 2;                                                                      \
+    if (mnv2::check_f32(nparam, dtypes)) return 2;                                                           \
     const int64_t *xs = shapes[0];                                                                           \
     bn_forward<ACT>(static_cast<float *>(params[0]), static_cast<float *>(params[1]),                         \
                     static_cast<float *>(params[2]), static_cast<float *>(params[4]),                         \
@@ -126,8 +125,7 @@ extern "C" {
   int NAME(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *stream,        \
            void *extra) {                                                                                    \
     if (nparam != 10 || ndims[0] != 4) return 1;                                                             \
-    for (int i = 0; i < nparam; ++i)                                                                         \
-      if (!is_f32(dtypes[i])) return 2;                                                                      \
+    if (mnv2::check_f32(nparam, dtypes)) return 2;                                                           \
     const int64_t *xs = shapes[0];                                                                           \
     bn_backward<ACT>(static_cast<float *>(params[0]), static_cast<float *>(params[1]),                        \
                      static_cast<float *>(params[2]), static_cast<float *>(params[3]),                        \

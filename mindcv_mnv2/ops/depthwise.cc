@@ -13,21 +13,15 @@
 #include <cstring>
 #include <vector>
 
+#include "dw_plane.h"
+
 namespace {
 
-// Copy one HxW plane into a zero-bordered (H+2D)x(W+2D) buffer: the loops then need no bounds checks.
-template <int D>
-inline void pad_plane(const float *src, int64_t h, int64_t w, float *dst) {
-  const int64_t pw = w + 2 * D;
-  std::memset(dst, 0, sizeof(float) * pw * D);
-  for (int64_t y = 0; y < h; ++y) {
-    float *row = dst + (y + D) * pw;
-    std::memset(row, 0, sizeof(float) * D);
-    std::memcpy(row + D, src + y * w, sizeof(float) * w);
-    std::memset(row + D + w, 0, sizeof(float) * D);
-  }
-  std::memset(dst + (h + D) * pw, 0, sizeof(float) * pw * D);
-}
+using mnv2::check_f32;
+using mnv2::dw_plane;
+using mnv2::ld;
+using mnv2::pad_plane;
+using mnv2::v8f;
 
 // ACT: 0 = none, 1 = + bias, 2 = + bias then ReLU6 (inference with BatchNorm folded into w and bias).
 template <int S, int D, int ACT = 0>
@@ -35,30 +29,11 @@ void forward(const float *x, const float *wt, float *y, int64_t n, int64_t c, in
              int64_t oh, int64_t ow, const float *bias = nullptr) {
 #pragma omp parallel
   {
-    const int64_t pw = w + 2 * D;
-    std::vector<float> pad((h + 2 * D) * pw);
+    std::vector<float> pad((h + 2 * D) * (w + 2 * D));
 #pragma omp for schedule(static)
-    for (int64_t p = 0; p < n * c; ++p) {
-      const float *k = wt + (p % c) * 9;
-      const float b = ACT ? bias[p % c] : 0.f;
-      pad_plane<D>(x + p * h * w, h, w, pad.data());
-      float *out = y + p * oh * ow;
-      for (int64_t oy = 0; oy < oh; ++oy) {
-        const float *r0 = pad.data() + (oy * S) * pw;
-        const float *r1 = r0 + D * pw;
-        const float *r2 = r1 + D * pw;
-        float *o = out + oy * ow;
-#pragma omp simd
-        for (int64_t ox = 0; ox < ow; ++ox) {
-          const int64_t ix = ox * S;
-          float v = k[0] * r0[ix] + k[1] * r0[ix + D] + k[2] * r0[ix + 2 * D] + k[3] * r1[ix] + k[4] * r1[ix + D] +
-                    k[5] * r1[ix + 2 * D] + k[6] * r2[ix] + k[7] * r2[ix + D] + k[8] * r2[ix + 2 * D];
-          if (ACT) v += b;
-          if (ACT == 2) v = std::min(std::max(v, 0.f), 6.f);
-          o[ox] = v;
-        }
-      }
-    }
+    for (int64_t p = 0; p < n * c; ++p)
+      dw_plane<S, D, ACT>(x + p * h * w, wt + (p % c) * 9, ACT ? bias[p % c] : 0.f, y + p * oh * ow, h, w, oh, ow,
+                          pad.data());
   }
 }
 
@@ -102,14 +77,6 @@ void grad_input(const float *dy, const float *wt, float *dx, int64_t n, int64_t 
   }
 }
 
-typedef float v8f __attribute__((vector_size(32)));  // 8 floats: one AVX register, two SSE ones
-
-inline v8f load8(const float *p) {
-  v8f v;
-  std::memcpy(&v, p, sizeof(v));  // an unaligned load
-  return v;
-}
-
 // Stride 1: the nine tap sums over 8 output columns at a time, in nine vector registers held over
 // the whole plane (rows of dy padded with zeros to a multiple of 8, so the spare lanes add nothing).
 template <int D>
@@ -134,12 +101,12 @@ void grad_weight_s1(const float *x, const float *dy, float *dw, int64_t n, int64
         for (int t = 0; t < 9; ++t) a[t] = v8f{0, 0, 0, 0, 0, 0, 0, 0};
         for (int64_t oy = 0; oy < h; ++oy) {
           for (int64_t x0 = 0; x0 < wb; x0 += 8) {
-            const v8f gv = load8(g.data() + oy * wb + x0);
+            const v8f gv = ld(g.data() + oy * wb + x0);
             for (int ky = 0; ky < 3; ++ky) {
               const float *r = pad.data() + (oy + ky * D) * pw + x0;
-              a[ky * 3] += gv * load8(r);
-              a[ky * 3 + 1] += gv * load8(r + D);
-              a[ky * 3 + 2] += gv * load8(r + 2 * D);
+              a[ky * 3] += gv * ld(r);
+              a[ky * 3 + 1] += gv * ld(r + D);
+              a[ky * 3 + 2] += gv * ld(r + 2 * D);
             }
           }
         }
@@ -223,13 +190,6 @@ void bias_act(const float *x, const float *bias, const float *r, float *y, int64
 
 // With padding D and a 3x3 kernel dilated by D the output is ceil(in / S), whatever D is.
 inline int64_t out_size(int64_t in, int s) { return (in - 1) / s + 1; }
-
-// Non-zero (an error MindSpore reports) unless every tensor is float32: the kernels read raw floats.
-inline int check_f32(int nparam, const char **dtypes) {
-  for (int i = 0; i < nparam; ++i)
-    if (std::strcmp(dtypes[i], "float32") != 0) return 2;
-  return 0;
-}
 
 }  // namespace
 

@@ -26,8 +26,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Optional, Tuple
 
-# one shared library: the depthwise kernels and the training BatchNorm (+ ReLU6) kernels
-SOURCES = tuple(Path(__file__).resolve().with_name(n) for n in ("depthwise.cc", "batchnorm.cc"))
+# one shared library: the depthwise kernels, the training BatchNorm (+ ReLU6) kernels and the
+# inference (BatchNorm folded) convolutions and blocks; HEADERS are part of its hash
+SOURCES = tuple(Path(__file__).resolve().with_name(n) for n in ("depthwise.cc", "batchnorm.cc", "pointwise.cc"))
+HEADERS = tuple(Path(__file__).resolve().with_name(n) for n in ("dw_plane.h",))
 from ..constants import DEPTHWISE_KERNELS as CHOICES  # noqa: E402
 BUILD_TIMEOUT_S = 300.0  # a compile takes ~10 s; past this the compiler is taken to hang
 # -march of the build: this CPU's own instructions unless MINDCV_MNV2_MARCH names a target
@@ -84,7 +86,7 @@ def build_library() -> Path:
         version = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=60).stdout
     except (OSError, subprocess.SubprocessError) as exc:
         raise KernelBuildError(f"{cxx} --version failed ({exc}); set depthwise_kernel: native") from None
-    key = hashlib.sha256(b"".join(f.read_bytes() for f in SOURCES) + version.encode() + _cpu_signature().encode()
+    key = hashlib.sha256(b"".join(f.read_bytes() for f in SOURCES + HEADERS) + version.encode() + _cpu_signature().encode()
                          + march.encode()).hexdigest()[:16]
     out_dir = cache_dir()
     lib = out_dir / f"libmnv2_depthwise_{key}.so"
@@ -243,65 +245,3 @@ def apply_depthwise_kernel(net, choice: str, device_target: str) -> str:
 def kernel_in_use(net) -> str:
     """'aot' if any depthwise conv of ``net`` runs on the C++ kernel, else 'native'."""
     return "aot" if any(type(c).__name__ == "AotDepthwise" for _, c in net.cells_and_names()) else "native"
-
-
-# ----------------------------------------------------------------------------- inference (BatchNorm folded)
-@lru_cache(maxsize=None)
-def _fused_classes():
-    """(AotEpilogue, AotDepthwiseBias) classes for models.fold; built lazily like _cell_classes."""
-    from mindspore import nn, ops
-
-    lib = str(build_library())
-
-    class AotEpilogue(nn.Cell):
-        """``y + bias`` (then ReLU6) (then + residual) in one C++ pass."""
-
-        def __init__(self, relu6: bool, residual: bool) -> None:
-            super().__init__()
-            name = "BiasAddResidual" if residual else ("BiasRelu6" if relu6 else "BiasAdd")
-            if residual and relu6:
-                raise ValueError("MobileNetV2 has no ReLU6 after a residual add")
-            self.residual = residual
-            if residual:
-                self.op = ops.Custom(f"{lib}:{name}", out_shape=lambda ys, bs, rs: ys,
-                                     out_dtype=lambda yt, bt, rt: yt, func_type="aot")
-            else:
-                self.op = ops.Custom(f"{lib}:{name}", out_shape=lambda ys, bs: ys, out_dtype=lambda yt, bt: yt,
-                                     func_type="aot")
-
-        def construct(self, y, bias, residual=None):
-            if self.residual:
-                return self.op(y, bias, residual)
-            return self.op(y, bias)
-
-    class AotDepthwiseBias(nn.Cell):
-        """Depthwise 3x3 + bias (+ ReLU6) in one C++ kernel (inference: no gradient)."""
-
-        def __init__(self, weight, bias, stride: int, dilation: int, relu6: bool) -> None:
-            super().__init__()
-            s, tag = int(stride), f"S{int(stride)}_D{int(dilation)}"
-            self.op = ops.Custom(f"{lib}:DwForwardBias{'Relu6' if relu6 else ''}{tag}",
-                                 out_shape=lambda xs, ws, bs: [xs[0], xs[1], _out_hw(xs[2], s), _out_hw(xs[3], s)],
-                                 out_dtype=lambda xt, wt, bt: xt, func_type="aot")
-            self.weight, self.bias = weight, bias
-
-        def construct(self, x):
-            return self.op(x, self.weight, self.bias)
-
-    return AotEpilogue, AotDepthwiseBias
-
-
-def fused_epilogue(relu6: bool, residual: bool):
-    """models.fold epilogue on the C++ kernel: bias (+ ReLU6) (+ residual) in one pass."""
-    return _fused_classes()[0](relu6, residual)
-
-
-def fused_depthwise(conv, weight, bias, relu6: bool):
-    """models.fold depthwise layer on the C++ kernel (bias and ReLU6 in its epilogue), or None if not eligible."""
-    if type(conv).__name__ == "AotDepthwise":
-        stride, dilation = conv.stride, conv.dilation
-    elif _eligible(conv):
-        stride, dilation = int(tuple(conv.stride)[0]), int(tuple(conv.dilation)[0])
-    else:
-        return None
-    return _fused_classes()[1](weight, bias, stride, dilation, relu6)

@@ -1,0 +1,308 @@
+// Convolutions as one packed matrix product with a fused epilogue, for inference with BatchNorm
+// folded (NCHW, float32): the 1x1 convolutions of MobileNetV2 (y = W x per image, W Cout x Cin) and
+// its 3x3 stem (the same product over a 27-row patch matrix), each followed in the same pass by
+// + bias, then ReLU6 (ACT 2), then + a residual (RES). MindSpore's CPU Conv2D (oneDNN on NCHW) plus a
+// separate epilogue pass over each activation took ~2/3 of the folded network's time.
+// A whole inverted-residual block (expand 1x1, depthwise 3x3, project 1x1 [+ input]) also runs as one
+// operator, image by image, so its expanded activations stay in cache instead of going to memory.
+// Signature as in depthwise.cc (MindSpore AOT custom operators). Each output element is computed by
+// one thread in a fixed order: results are deterministic.
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include <omp.h>
+
+#include "dw_plane.h"
+
+namespace {
+
+using mnv2::check_f32;
+using mnv2::dw_plane;
+using mnv2::ld;
+using mnv2::st;
+using mnv2::v8f;
+
+
+constexpr int MR = 6;   // output channels per register tile
+constexpr int NR = 16;  // output pixels per register tile (two 8-float vectors)
+constexpr int64_t B_BLOCK_BYTES = 192 << 10;  // a packed block of B stays in L2 (512 KiB and up)
+
+// Pixels per packed block: long rows for the prefetcher when K is small, at least 4 strips.
+inline int64_t block_pixels(int64_t k) {
+  return std::max<int64_t>(4 * NR, std::min<int64_t>(1024, B_BLOCK_BYTES / (4 * k) / NR * NR));
+}
+
+// A (rows x k, row-major) -> panels of MR rows, each stored k-major (k x MR), zero rows at the end.
+void pack_a(const float *a, int64_t rows, int64_t k, float *ap) {
+  const int64_t rb = (rows + MR - 1) / MR;
+  for (int64_t b = 0; b < rb; ++b)
+    for (int64_t kk = 0; kk < k; ++kk)
+      for (int r = 0; r < MR; ++r) {
+        const int64_t row = b * MR + r;
+        ap[(b * k + kk) * MR + r] = row < rows ? a[row * k + kk] : 0.f;
+      }
+}
+
+// The B block of pixels [p0, p0 + nc) of one image, as strips of NR pixels stored k-major (k x NR);
+// pixels past the plane are zero. KS 1: B = x itself (k = input channel). KS 3: the 3x3 patches
+// (k = (ci, ky, kx)) of an input with padding 1 and stride S.
+template <int KS, int S>
+void pack_b(const float *x, int64_t cin, int64_t h, int64_t w, int64_t ow, int64_t p_total, int64_t p0,
+            int64_t nc, float *bp) {
+  const int64_t k = cin * KS * KS, cols = std::min<int64_t>(nc, p_total - p0);
+  const int64_t strips = (cols + NR - 1) / NR;
+  if (KS == 1) {
+    // Row by row of x, so reads are one sequential stream at a time (the prefetcher's best case).
+    for (int64_t kk = 0; kk < k; ++kk) {
+      const float *src = x + kk * p_total + p0;
+      for (int64_t s = 0; s < strips; ++s) {
+        float *dst = bp + (s * k + kk) * NR;
+        const int64_t valid = std::min<int64_t>(NR, cols - s * NR);
+        if (valid == NR) {
+          st(dst, ld(src + s * NR));
+          st(dst + 8, ld(src + s * NR + 8));
+        } else {
+          for (int64_t j = 0; j < NR; ++j) dst[j] = j < valid ? src[s * NR + j] : 0.f;
+        }
+      }
+    }
+    return;
+  }
+  for (int64_t s = 0; s < strips; ++s) {
+    const int64_t q0 = p0 + s * NR, valid = std::min<int64_t>(NR, cols - s * NR);
+    float *strip = bp + s * k * NR;
+    for (int64_t j = 0; j < NR; ++j) {
+      const int64_t q = q0 + j, oy = q / ow, ox = q % ow;
+      for (int64_t ci = 0; ci < cin; ++ci)
+        for (int ky = 0; ky < KS; ++ky)
+          for (int kx = 0; kx < KS; ++kx) {
+            const int64_t iy = oy * S - 1 + ky, ix = ox * S - 1 + kx;
+            const bool in = j < valid && iy >= 0 && iy < h && ix >= 0 && ix < w;
+            strip[((ci * KS + ky) * KS + kx) * NR + j] = in ? x[(ci * h + iy) * w + ix] : 0.f;
+          }
+    }
+  }
+}
+
+// One MR x NR tile of C = A B over k, then the epilogue; rows/cols below MR/NR mark an edge tile.
+template <int ACT, bool RES>
+inline void tile(const float *ap, const float *bp, int64_t k, const float *bias, float *c, const float *r,
+                 int64_t ldc, int rows, int cols) {
+  v8f c00{}, c01{}, c10{}, c11{}, c20{}, c21{}, c30{}, c31{}, c40{}, c41{}, c50{}, c51{};
+  for (int64_t kk = 0; kk < k; ++kk) {
+    const v8f b0 = ld(bp + kk * NR), b1 = ld(bp + kk * NR + 8);
+    const float *a = ap + kk * MR;
+    c00 += a[0] * b0; c01 += a[0] * b1;
+    c10 += a[1] * b0; c11 += a[1] * b1;
+    c20 += a[2] * b0; c21 += a[2] * b1;
+    c30 += a[3] * b0; c31 += a[3] * b1;
+    c40 += a[4] * b0; c41 += a[4] * b1;
+    c50 += a[5] * b0; c51 += a[5] * b1;
+  }
+  v8f acc[MR][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}, {c40, c41}, {c50, c51}};
+  const v8f zero{}, six = zero + 6.f;
+  if (rows == MR && cols == NR) {
+    for (int i = 0; i < MR; ++i)
+      for (int v = 0; v < 2; ++v) {
+        v8f y = acc[i][v] + bias[i];
+        if (ACT == 2) {
+          y = y < zero ? zero : y;  // lane-wise selects: NaN passes through as in MindSpore's ReLU6
+          y = y > six ? six : y;
+        }
+        if (RES) y += ld(r + i * ldc + v * 8);
+        st(c + i * ldc + v * 8, y);
+      }
+    return;
+  }
+  for (int i = 0; i < rows; ++i) {
+    float row[NR];
+    st(row, acc[i][0]);
+    st(row + 8, acc[i][1]);
+    for (int j = 0; j < cols; ++j) {
+      float y = row[j] + bias[i];
+      if (ACT == 2) y = std::min(std::max(y, 0.f), 6.f);
+      if (RES) y += r[i * ldc + j];
+      c[i * ldc + j] = y;
+    }
+  }
+}
+
+// The pixels [p0, p0 + nc) and the row panels [rb0, rb1) of one image's output: pack, then tiles.
+// ap: A packed by pack_a; bias padded to whole panels; bp: scratch of k * nc floats.
+template <int KS, int S, int ACT, bool RES>
+void gemm_block(const float *x, const float *ap, const float *bias, const float *res, float *y, int64_t cin,
+                int64_t h, int64_t w, int64_t cout, int64_t ow, int64_t p, int64_t p0, int64_t nc, int64_t rb0,
+                int64_t rb1, float *bp) {
+  const int64_t k = cin * KS * KS;
+  pack_b<KS, S>(x, cin, h, w, ow, p, p0, nc, bp);
+  const int64_t cols_block = std::min<int64_t>(nc, p - p0);
+  for (int64_t b = rb0; b < rb1; ++b) {
+    const int rows = static_cast<int>(std::min<int64_t>(MR, cout - b * MR));
+    for (int64_t s = 0; s * NR < cols_block; ++s) {
+      const int cols = static_cast<int>(std::min<int64_t>(NR, cols_block - s * NR));
+      const int64_t off = b * MR * p + p0 + s * NR;
+      tile<ACT, RES>(ap + b * MR * k, bp + s * k * NR, k, bias + b * MR, y + off, RES ? res + off : nullptr, p,
+                     rows, cols);
+    }
+  }
+}
+
+// One image, one thread: y (cout, oh, ow) = epilogue(conv(x (cin, h, w))).
+template <int KS, int S, int ACT, bool RES>
+void gemm_image(const float *x, const float *ap, const float *bias, const float *res, float *y, int64_t cin,
+                int64_t h, int64_t w, int64_t cout, int64_t oh, int64_t ow, float *bp) {
+  const int64_t p = oh * ow, nc = block_pixels(cin * KS * KS), rb = (cout + MR - 1) / MR;
+  for (int64_t p0 = 0; p0 < p; p0 += nc) gemm_block<KS, S, ACT, RES>(x, ap, bias, res, y, cin, h, w, cout, ow, p, p0, nc, 0, rb, bp);
+}
+
+// Weights packed for the tiles, bias padded to whole panels: once per call, shared by all threads.
+struct Packed {
+  std::vector<float> a, bias;
+  Packed(const float *wt, const float *b, int64_t rows, int64_t k) {
+    const int64_t rb = (rows + MR - 1) / MR;
+    a.resize(rb * MR * k);
+    pack_a(wt, rows, k, a.data());
+    bias.assign(rb * MR, 0.f);
+    std::copy(b, b + rows, bias.begin());
+  }
+};
+
+// y (n, cout, oh, ow) = epilogue(conv(x (n, cin, h, w), wt (cout, cin, KS, KS)) + bias), all threads.
+template <int KS, int S, int ACT, bool RES>
+void conv_gemm(const float *x, const float *wt, const float *bias, const float *res, float *y, int64_t n,
+               int64_t cin, int64_t h, int64_t w, int64_t cout, int64_t oh, int64_t ow) {
+  const int64_t k = cin * KS * KS, p = oh * ow, nc = block_pixels(k);
+  const int64_t rb = (cout + MR - 1) / MR, jb = (p + nc - 1) / nc;
+  const Packed pk(wt, bias, cout, k);
+  // Split the output channels into groups when there are too few pixel blocks to keep every thread
+  // busy (batch 1, 7x7 maps); each group packs its own copy of the block.
+  const int64_t want = 4 * omp_get_max_threads();
+  const int64_t groups = std::max<int64_t>(1, std::min<int64_t>(rb, (want + n * jb - 1) / (n * jb)));
+  const int64_t per_group = (rb + groups - 1) / groups;
+#pragma omp parallel
+  {
+    std::vector<float> bp(k * nc);
+#pragma omp for collapse(3) schedule(static)
+    for (int64_t img = 0; img < n; ++img)
+      for (int64_t j = 0; j < jb; ++j)
+        for (int64_t g = 0; g < groups; ++g)
+          gemm_block<KS, S, ACT, RES>(x + img * cin * h * w, pk.a.data(), pk.bias.data(),
+                                      RES ? res + img * cout * p : nullptr, y + img * cout * p, cin, h, w, cout, ow,
+                                      p, j * nc, nc, g * per_group, std::min(rb, (g + 1) * per_group), bp.data());
+  }
+}
+
+// An inverted-residual block with BatchNorm folded: relu6(W1 x + b1) [when EXPAND], relu6(dw(.) + bd)
+// with stride S, then W2 (.) + b2 [+ x when RES]. With at least one image per thread, each thread
+// runs whole images through the three layers (its expanded planes stay in its caches); otherwise
+// layer by layer over the batch, every layer on all threads.
+template <int S, bool EXPAND, bool RES>
+void ir_block(const float *x, const float *w1, const float *b1, const float *wd, const float *bd, const float *w2,
+              const float *b2, float *y, int64_t n, int64_t cin, int64_t h, int64_t w, int64_t hidden,
+              int64_t cout) {
+  const int64_t oh = (h - 1) / S + 1, ow = (w - 1) / S + 1, hw = h * w, ohw = oh * ow;
+  const int64_t threads = omp_get_max_threads();
+  if (n < threads) {
+    std::vector<float> e(EXPAND ? n * hidden * hw : 0), d(n * hidden * ohw);
+    if (EXPAND) conv_gemm<1, 1, 2, false>(x, w1, b1, nullptr, e.data(), n, cin, h, w, hidden, h, w);
+    const float *ein = EXPAND ? e.data() : x;
+#pragma omp parallel
+    {
+      std::vector<float> pad((h + 2) * (w + 2));
+#pragma omp for schedule(static)
+      for (int64_t q = 0; q < n * hidden; ++q)
+        dw_plane<S, 1, 2>(ein + q * hw, wd + (q % hidden) * 9, bd[q % hidden], d.data() + q * ohw, h, w, oh, ow,
+                          pad.data());
+    }
+    conv_gemm<1, 1, 1, RES>(d.data(), w2, b2, x, y, n, hidden, oh, ow, cout, oh, ow);
+    return;
+  }
+  const Packed p1(EXPAND ? w1 : wd, EXPAND ? b1 : bd, EXPAND ? hidden : 0, cin), p2(w2, b2, cout, hidden);
+#pragma omp parallel
+  {
+    std::vector<float> e(EXPAND ? hidden * hw : 0), d(hidden * ohw), pad((h + 2) * (w + 2));
+    std::vector<float> bp(std::max(cin * block_pixels(cin), hidden * block_pixels(hidden)));
+#pragma omp for schedule(static)
+    for (int64_t img = 0; img < n; ++img) {
+      const float *xi = x + img * cin * hw;
+      if (EXPAND) gemm_image<1, 1, 2, false>(xi, p1.a.data(), p1.bias.data(), nullptr, e.data(), cin, h, w, hidden, h, w, bp.data());
+      const float *ein = EXPAND ? e.data() : xi;
+      for (int64_t c = 0; c < hidden; ++c)
+        dw_plane<S, 1, 2>(ein + c * hw, wd + c * 9, bd[c], d.data() + c * ohw, h, w, oh, ow, pad.data());
+      gemm_image<1, 1, 1, RES>(d.data(), p2.a.data(), p2.bias.data(), RES ? xi : nullptr, y + img * cout * ohw,
+                               hidden, oh, ow, cout, oh, ow, bp.data());
+    }
+  }
+}
+
+}  // namespace
+
+extern "C" {
+
+// inputs: x (N,Cin,H,W), w (Cout,Cin,1,1), bias (Cout) [, residual (N,Cout,H,W)]; output y (N,Cout,H,W)
+#define PW_CONV(NAME, ACT, RES)                                                                                \
+  int NAME(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *stream,        \
+           void *extra) {                                                                                    \
+    if (nparam != (RES ? 5 : 4) || ndims[0] != 4 || ndims[1] != 4) return 1;                                  \
+    if (check_f32(nparam, dtypes)) return 2;                                                                 \
+    const int64_t *xs = shapes[0], *ws = shapes[1];                                                          \
+    if (ws[1] != xs[1] || ws[2] != 1 || ws[3] != 1) return 3;                                                \
+    conv_gemm<1, 1, ACT, RES>(static_cast<float *>(params[0]), static_cast<float *>(params[1]),               \
+                              static_cast<float *>(params[2]), RES ? static_cast<float *>(params[3]) : nullptr, \
+                              static_cast<float *>(params[RES ? 4 : 3]), xs[0], xs[1], xs[2], xs[3], ws[0],  \
+                              xs[2], xs[3]);                                                                 \
+    return 0;                                                                                                \
+  }
+
+PW_CONV(PwConvBias, 1, false)
+PW_CONV(PwConvBiasRelu6, 2, false)
+PW_CONV(PwConvBiasResidual, 1, true)
+
+// inputs: x (N,Cin,H,W), w (Cout,Cin,3,3), bias (Cout); output y (N,Cout,ceil(H/S),ceil(W/S)): padding 1
+#define CONV3X3(NAME, S, ACT)                                                                                  \
+  int NAME(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *stream,        \
+           void *extra) {                                                                                    \
+    if (nparam != 4 || ndims[0] != 4 || ndims[1] != 4) return 1;                                              \
+    if (check_f32(nparam, dtypes)) return 2;                                                                 \
+    const int64_t *xs = shapes[0], *ws = shapes[1];                                                          \
+    if (ws[1] != xs[1] || ws[2] != 3 || ws[3] != 3) return 3;                                                \
+    conv_gemm<3, S, ACT, false>(static_cast<float *>(params[0]), static_cast<float *>(params[1]),             \
+                                static_cast<float *>(params[2]), nullptr, static_cast<float *>(params[3]),   \
+                                xs[0], xs[1], xs[2], xs[3], ws[0], (xs[2] - 1) / S + 1, (xs[3] - 1) / S + 1); \
+    return 0;                                                                                                \
+  }
+
+CONV3X3(Conv3x3BiasRelu6S1, 1, 2)
+CONV3X3(Conv3x3BiasRelu6S2, 2, 2)
+
+}  // extern "C"
+
+extern "C" {
+
+// inputs: x (N,Cin,H,W), [w1 (Hid,Cin,1,1), b1 (Hid),] wd (Hid,1,3,3), bd (Hid), w2 (Cout,Hid,1,1), b2 (Cout);
+// output y (N,Cout,ceil(H/S),ceil(W/S)). Without expansion Hid = Cin.
+#define IR_BLOCK(NAME, S, EXPAND, RES)                                                                         \
+  int NAME(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *stream,        \
+           void *extra) {                                                                                    \
+    const int np = EXPAND ? 8 : 6;                                                                           \
+    if (nparam != np || ndims[0] != 4) return 1;                                                             \
+    if (check_f32(nparam, dtypes)) return 2;                                                                 \
+    float *const *f = reinterpret_cast<float *const *>(params);                                              \
+    const int64_t *xs = shapes[0], *w2s = shapes[np - 3];                                                    \
+    const int64_t hidden = shapes[EXPAND ? 3 : 1][0];                                                        \
+    if ((EXPAND && shapes[1][1] != xs[1]) || (!EXPAND && hidden != xs[1]) || w2s[1] != hidden) return 3;      \
+    if (RES && (S != 1 || w2s[0] != xs[1])) return 3;                                                        \
+    const int o = EXPAND ? 2 : 0;                                                                            \
+    ir_block<S, EXPAND, RES>(f[0], EXPAND ? f[1] : nullptr, EXPAND ? f[2] : nullptr, f[o + 1], f[o + 2],     \
+                             f[o + 3], f[o + 4], f[np - 1], xs[0], xs[1], xs[2], xs[3], hidden, w2s[0]);     \
+    return 0;                                                                                                \
+  }
+
+IR_BLOCK(IrBlockS1, 1, true, false)
+IR_BLOCK(IrBlockS2, 2, true, false)
+IR_BLOCK(IrBlockS1Res, 1, true, true)
+IR_BLOCK(IrBlockNoExpandS1, 1, false, false)
+
+}  // extern "C"
