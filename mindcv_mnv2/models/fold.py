@@ -31,6 +31,8 @@ DepthwiseFactory = Callable[[nn.Cell, Parameter, Parameter, bool], Optional[nn.C
 ConvFactory = Callable[[nn.Cell, Parameter, Parameter, bool, bool], Optional[nn.Cell]]
 # make_block([(conv, weight, bias, relu6) per layer], residual) -> Cell computing the whole block, or None
 BlockFactory = Callable[[List[Tuple[nn.Cell, Parameter, Parameter, bool]], bool], Optional[nn.Cell]]
+# make_pool() -> Cell: (N, C, H, W) -> (N, C), the global average pool
+PoolFactory = Callable[[], nn.Cell]
 
 
 def fold_conv_bn(weight: np.ndarray, gamma: np.ndarray, beta: np.ndarray, mean: np.ndarray, var: np.ndarray,
@@ -56,6 +58,13 @@ class Epilogue(nn.Cell):
         if self.residual:
             y = y + residual
         return y
+
+
+class GlobalMean(nn.Cell):
+    """(N, C, H, W) -> (N, C): the mean over each map, with plain ops."""
+
+    def construct(self, x):
+        return ops.mean(x, (2, 3), False)
 
 
 class ConvBias(nn.Cell):
@@ -110,7 +119,7 @@ class FoldedMobileNetV2(nn.Cell):
 
     def __init__(self, net: MobileNetV2, make_epilogue: Optional[EpilogueFactory] = None,
                  make_depthwise: Optional[DepthwiseFactory] = None, make_conv: Optional[ConvFactory] = None,
-                 make_block: Optional[BlockFactory] = None) -> None:
+                 make_block: Optional[BlockFactory] = None, make_pool: Optional[PoolFactory] = None) -> None:
         super().__init__()
         make_epilogue = make_epilogue or Epilogue
         self.num_classes = net.num_classes
@@ -152,6 +161,7 @@ class FoldedMobileNetV2(nn.Cell):
         n = len(f)
         layers.append(folded(f[n - 3], f[n - 2], f"features.{n - 3}", f"features.{n - 2}", relu6=True))
         self.features = nn.SequentialCell(layers)
+        self.pool = make_pool() if make_pool is not None else GlobalMean()
         dense = net.classifier[1]
         self.classifier = nn.Dense(dense.in_channels, dense.out_channels)
         self.refresh({p.name: p.asnumpy() for p in net.get_parameters()})
@@ -171,8 +181,7 @@ class FoldedMobileNetV2(nn.Cell):
         self.classifier.bias.set_data(Tensor(arr("classifier.1.bias")))
 
     def construct(self, x):
-        x = self.features(x)
-        return self.classifier(ops.mean(x, (2, 3), False))
+        return self.classifier(self.pool(self.features(x)))
 
 
 def _is_depthwise(conv: nn.Cell) -> bool:

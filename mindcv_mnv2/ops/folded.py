@@ -1,6 +1,6 @@
 """Inference with BatchNorm folded, on the project's C++ kernels (CPU): the cells models.fold plugs in.
 
-``FoldedMobileNetV2`` (models.fold) asks four factories for its layers; each returns a cell on the
+``FoldedMobileNetV2`` (models.fold) asks five factories for its layers; each returns a cell on the
 C++ kernels, or None where a layer does not fit them (it then keeps plain MindSpore ops):
 
 - :func:`fused_epilogue`: bias (+ ReLU6) (+ residual) in one pass after a MindSpore convolution;
@@ -8,7 +8,8 @@ C++ kernels, or None where a layer does not fit them (it then keeps plain MindSp
 - :func:`fused_conv`: a 1x1 convolution or the 3x3 stem as one packed matrix product with the
   epilogue fused (pointwise.cc), in place of MindSpore's Conv2D (oneDNN on NCHW) + epilogue;
 - :func:`fused_block`: a whole inverted-residual block as one operator (pointwise.cc), run image by
-  image so the expanded activations stay in cache.
+  image so the expanded activations stay in cache;
+- :func:`fused_pool`: the global average pool before the classifier.
 
 Inference only: these cells have no gradient. Each reads the folded copy's own Parameters
 (``refresh`` updates them in place), so the weights are shared, not copied.
@@ -131,7 +132,17 @@ def _classes():
         def construct(self, x):
             return self.op(x, self.wd, self.bd, self.w2, self.b2)
 
-    return (AotEpilogue, AotDepthwiseBias, AotConvBias, AotConvBiasResidual, AotBlock, AotBlockNoExpand)
+    class AotMeanHW(nn.Cell):
+        """Global average pool (N, C, H, W) -> (N, C) in one C++ pass."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.op = custom("MeanHW", lambda xs: [xs[0], xs[1]])
+
+        def construct(self, x):
+            return self.op(x)
+
+    return (AotEpilogue, AotDepthwiseBias, AotConvBias, AotConvBiasResidual, AotBlock, AotBlockNoExpand, AotMeanHW)
 
 
 def fused_epilogue(relu6: bool, residual: bool):
@@ -161,6 +172,11 @@ def fused_conv(conv, weight, bias, relu6: bool, residual: bool):
     if kind == "pw":
         return _classes()[2](weight, bias, "PwConvBiasRelu6" if relu6 else "PwConvBias", 1)
     return _classes()[2](weight, bias, f"Conv3x3BiasRelu6S{stride}", stride) if relu6 else None
+
+
+def fused_pool():
+    """The global average pool (N, C, H, W) -> (N, C) on the C++ kernel."""
+    return _classes()[6]()
 
 
 def fused_block(layers: List[LayerSpec], residual: bool):
