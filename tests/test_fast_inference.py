@@ -71,11 +71,16 @@ def test_pointwise_conv_with_fused_epilogues_matches_numpy(n, cin, cout, h, w):
     _check(got, lin + r)
 
 
-@pytest.mark.parametrize("stride", [1, 2])
-@pytest.mark.parametrize("n, h, w", [(2, 15, 15), (1, 32, 32), (3, 9, 6)])
-def test_stem_conv3x3_matches_numpy(stride, n, h, w):
+# (n, h, w, cout): odd and even sizes, one image (the row-parallel path) and several (image-parallel);
+# the last case's output (8 x 32 x 128 x 128 floats = 16.8 MB at stride 2) is past pointwise.cc's
+# STREAM_BYTES, so its tiles write with cache-bypassing stores.
+STEMS = [(s, n, h, w, 16) for s in (1, 2) for n, h, w in ((2, 15, 15), (1, 32, 32), (3, 9, 6))] + [(2, 8, 256, 256, 32)]
+
+
+@pytest.mark.parametrize("stride, n, h, w, cout", STEMS)
+def test_stem_conv3x3_matches_numpy(stride, n, h, w, cout):
     rng = np.random.default_rng(h * w + stride)
-    x, wt, b = _rand(rng, n, 3, h, w), _rand(rng, 16, 3, 3, 3, scale=0.3), _rand(rng, 16)
+    x, wt, b = _rand(rng, n, 3, h, w), _rand(rng, cout, 3, 3, 3, scale=0.3), _rand(rng, cout)
     cell = _classes()[2](_param(wt, "w"), _param(b, "b"), f"Conv3x3BiasRelu6S{stride}", stride)
     _check(cell(ms.Tensor(x)).asnumpy(), np.clip(_conv3(x, wt, b, stride), 0, 6))
 
