@@ -86,10 +86,13 @@ def test_stem_conv3x3_matches_numpy(stride, n, h, w, cout):
 
 
 # (n, cin, hidden, cout, h, stride, residual): odd and even maps for the even/odd column split of
-# stride 2, maps narrower than one vector, one image and several.
+# stride 2; maps narrower than pointwise.cc's NARROW (8 planes per vector, channel counts that leave
+# a partial group of 8); 4x4 maps and below (a thread's images batched); one image (layer by layer)
+# and several (image by image); the width is h + 1, so rows and columns are not interchangeable.
 BLOCKS = [(3, 8, 48, 8, 9, 1, True), (2, 8, 48, 16, 9, 2, False), (1, 16, 96, 24, 12, 2, False),
           (2, 24, 144, 32, 7, 1, False), (1, 24, 144, 24, 5, 1, True), (2, 8, 24, 8, 33, 2, False),
-          (2, 8, 24, 8, 2, 2, False)]
+          (2, 8, 24, 8, 2, 2, False), (1, 4, 20, 4, 7, 2, False), (3, 4, 12, 4, 3, 1, True),
+          (2, 6, 36, 6, 10, 1, True), (2, 8, 16, 8, 20, 1, False)]
 
 
 @pytest.mark.parametrize("n, cin, hidden, cout, h, stride, residual", BLOCKS)

@@ -20,6 +20,7 @@ namespace {
 
 using mnv2::check_f32;
 using mnv2::dw_plane;
+using mnv2::dw_planes;
 using mnv2::ld;
 using mnv2::st;
 using mnv2::v8f;
@@ -40,6 +41,17 @@ inline void stream_fence() {  // each thread, after its streamed stores: make th
 #endif
 }
 constexpr int64_t STREAM_BYTES = 16 << 20;  // outputs above this bypass the caches (measured: stem 1.0@224 bs32 -10%)
+
+// Per-thread scratch that outlives the call (OpenMP's threads persist): allocating it per call cost
+// a page fault per 4 KiB each time (glibc maps blocks over 128 KiB fresh). Contents are not cleared:
+// every user writes what it reads. One slot per simultaneous use; a slot only grows.
+enum Slot { A1, BIAS1, A2, BIAS2, BP, E, D, PAD, XT, YT, RT, TAIL, SLOTS };
+inline float *scratch(Slot slot, int64_t size) {
+  thread_local std::vector<float> bufs[SLOTS];
+  std::vector<float> &b = bufs[slot];
+  if (static_cast<int64_t>(b.size()) < size) b.resize(size);
+  return b.data();
+}
 
 constexpr int MR = 6;   // output channels per register tile
 constexpr int NR = 16;  // output pixels per register tile (two 8-float vectors)
@@ -193,13 +205,15 @@ void gemm_image(const float *x, const float *ap, const float *bias, const float 
 
 // Weights packed for the tiles, bias padded to whole panels: once per call, shared by all threads.
 struct Packed {
-  std::vector<float> a, bias;
-  Packed(const float *wt, const float *b, int64_t rows, int64_t k) {
+  const float *a, *bias;
+  Packed(const float *wt, const float *b, int64_t rows, int64_t k, bool second = false) {
     const int64_t rb = (rows + MR - 1) / MR;
-    a.resize(rb * MR * k);
-    pack_a(wt, rows, k, a.data());
-    bias.assign(rb * MR, 0.f);
-    std::copy(b, b + rows, bias.begin());
+    float *pa = scratch(second ? A2 : A1, rb * MR * k), *pb = scratch(second ? BIAS2 : BIAS1, rb * MR);
+    pack_a(wt, rows, k, pa);
+    std::fill(pb, pb + rb * MR, 0.f);
+    std::copy(b, b + rows, pb);
+    a = pa;
+    bias = pb;
   }
 };
 
@@ -217,14 +231,14 @@ void conv_gemm(const float *x, const float *wt, const float *bias, const float *
   const int64_t per_group = (rb + groups - 1) / groups;
 #pragma omp parallel
   {
-    std::vector<float> bp(k * nc);
+    float *bp = scratch(BP, k * nc);
 #pragma omp for collapse(3) schedule(static)
     for (int64_t img = 0; img < n; ++img)
       for (int64_t j = 0; j < jb; ++j)
         for (int64_t g = 0; g < groups; ++g)
-          gemm_block<KS, S, ACT, RES>(x + img * cin * h * w, pk.a.data(), pk.bias.data(),
+          gemm_block<KS, S, ACT, RES>(x + img * cin * h * w, pk.a, pk.bias,
                                       RES ? res + img * cout * p : nullptr, y + img * cout * p, cin, h, w, cout, ow,
-                                      p, j * nc, nc, g * per_group, std::min(rb, (g + 1) * per_group), bp.data());
+                                      p, j * nc, nc, g * per_group, std::min(rb, (g + 1) * per_group), bp);
   }
 }
 
@@ -261,12 +275,12 @@ void pointwise(const float *x, const float *wt, const float *bias, const float *
     int64_t i0, i1;
     my_images(n, &i0, &i1);
     const int64_t m = i1 - i0;
-    std::vector<float> xt(m * cin * p), rt(RES ? m * cout * p : 0), yt(m * cout * p), bp(cin * block_pixels(cin));
-    swap_outer(x + i0 * cin * p, xt.data(), m, cin, p);
-    if (RES) swap_outer(res + i0 * cout * p, rt.data(), m, cout, p);
-    gemm_image<1, 1, ACT, RES>(xt.data(), pk.a.data(), pk.bias.data(), rt.data(), yt.data(), cin, 1, m * p, cout, 1,
-                               m * p, bp.data());
-    swap_outer(yt.data(), y + i0 * cout * p, cout, m, p);
+    float *xt = scratch(XT, m * cin * p), *rt = RES ? scratch(RT, m * cout * p) : nullptr;
+    float *yt = scratch(YT, m * cout * p), *bp = scratch(BP, cin * block_pixels(cin));
+    swap_outer(x + i0 * cin * p, xt, m, cin, p);
+    if (RES) swap_outer(res + i0 * cout * p, rt, m, cout, p);
+    gemm_image<1, 1, ACT, RES>(xt, pk.a, pk.bias, rt, yt, cin, 1, m * p, cout, 1, m * p, bp);
+    swap_outer(yt, y + i0 * cout * p, cout, m, p);
   }
 }
 
@@ -277,18 +291,19 @@ void ir_layers(const float *x, const float *w1, const float *b1, const float *wd
                const float *w2, const float *b2, float *y, int64_t n, int64_t cin, int64_t h, int64_t w,
                int64_t hidden, int64_t cout) {
   const int64_t oh = (h - 1) / S + 1, ow = (w - 1) / S + 1, hw = h * w, ohw = oh * ow;
-  std::vector<float> e(EXPAND ? n * hidden * hw : 0), d(n * hidden * ohw);
-  if (EXPAND) conv_gemm<1, 1, 2, false>(x, w1, b1, nullptr, e.data(), n, cin, h, w, hidden, h, w);
-  const float *ein = EXPAND ? e.data() : x;
+  float *e = EXPAND ? scratch(E, n * hidden * hw) : nullptr, *d = scratch(D, n * hidden * ohw);
+  if (EXPAND) conv_gemm<1, 1, 2, false>(x, w1, b1, nullptr, e, n, cin, h, w, hidden, h, w);
+  const float *ein = EXPAND ? e : x;
+  const int64_t planes = n * hidden, groups = (planes + 7) / 8;
 #pragma omp parallel
   {
-    std::vector<float> pad((h + 2) * (w + 2));
+    float *pad = scratch(PAD, 8 * (h + 2) * (w + 2));
 #pragma omp for schedule(static)
-    for (int64_t q = 0; q < n * hidden; ++q)
-      dw_plane<S, 1, 2>(ein + q * hw, wd + (q % hidden) * 9, bd[q % hidden], d.data() + q * ohw, h, w, oh, ow,
-                        pad.data());
+    for (int64_t g = 0; g < groups; ++g)
+      dw_planes<S>(ein, d, 8 * g, std::min(planes, 8 * g + 8), [hidden](int64_t q) { return q % hidden; }, wd, bd, h, w,
+                   oh, ow, pad);
   }
-  conv_gemm<1, 1, 1, RES>(d.data(), w2, b2, x, y, n, hidden, oh, ow, cout, oh, ow);
+  conv_gemm<1, 1, 1, RES>(d, w2, b2, x, y, n, hidden, oh, ow, cout, oh, ow);
 }
 
 // An inverted-residual block with BatchNorm folded: relu6(W1 x + b1) [when EXPAND], relu6(dw(.) + bd)
@@ -304,41 +319,39 @@ void ir_block(const float *x, const float *w1, const float *b1, const float *wd,
     ir_layers<S, EXPAND, RES>(x, w1, b1, wd, bd, w2, b2, y, n, cin, h, w, hidden, cout);
     return;
   }
-  const Packed p1(EXPAND ? w1 : wd, EXPAND ? b1 : bd, EXPAND ? hidden : 0, cin), p2(w2, b2, cout, hidden);
+  const Packed p1(EXPAND ? w1 : wd, EXPAND ? b1 : bd, EXPAND ? hidden : 0, cin), p2(w2, b2, cout, hidden, true);
   if (hw <= SMALL_BLOCK_MAP) {  // each thread: its images at once, on the (c, image, hw) layout
 #pragma omp parallel
     {
       int64_t i0, i1;
       my_images(n, &i0, &i1);
       const int64_t m = i1 - i0;
-      std::vector<float> xt(m * cin * hw), e(EXPAND ? m * hidden * hw : 0), d(m * hidden * ohw), yt(m * cout * ohw);
-      std::vector<float> pad((h + 2) * (w + 2)), bp(std::max(cin * block_pixels(cin), hidden * block_pixels(hidden)));
-      swap_outer(x + i0 * cin * hw, xt.data(), m, cin, hw);
-      if (EXPAND)
-        gemm_image<1, 1, 2, false>(xt.data(), p1.a.data(), p1.bias.data(), nullptr, e.data(), cin, 1, m * hw, hidden,
-                                   1, m * hw, bp.data());
-      const float *ein = EXPAND ? e.data() : xt.data();
-      for (int64_t q = 0; q < hidden * m; ++q)
-        dw_plane<S, 1, 2>(ein + q * hw, wd + q / m * 9, bd[q / m], d.data() + q * ohw, h, w, oh, ow, pad.data());
-      gemm_image<1, 1, 1, RES>(d.data(), p2.a.data(), p2.bias.data(), RES ? xt.data() : nullptr, yt.data(), hidden, 1,
-                               m * ohw, cout, 1, m * ohw, bp.data());
-      swap_outer(yt.data(), y + i0 * cout * ohw, cout, m, ohw);
+      float *xt = scratch(XT, m * cin * hw), *e = EXPAND ? scratch(E, m * hidden * hw) : nullptr;
+      float *d = scratch(D, m * hidden * ohw), *yt = scratch(YT, m * cout * ohw);
+      float *pad = scratch(PAD, 8 * (h + 2) * (w + 2));
+      float *bp = scratch(BP, std::max(cin * block_pixels(cin), hidden * block_pixels(hidden)));
+      swap_outer(x + i0 * cin * hw, xt, m, cin, hw);
+      if (EXPAND) gemm_image<1, 1, 2, false>(xt, p1.a, p1.bias, nullptr, e, cin, 1, m * hw, hidden, 1, m * hw, bp);
+      const float *ein = EXPAND ? e : xt;
+      dw_planes<S>(ein, d, 0, hidden * m, [m](int64_t q) { return q / m; }, wd, bd, h, w, oh, ow, pad);
+      gemm_image<1, 1, 1, RES>(d, p2.a, p2.bias, RES ? xt : nullptr, yt, hidden, 1, m * ohw, cout, 1, m * ohw, bp);
+      swap_outer(yt, y + i0 * cout * ohw, cout, m, ohw);
     }
     return;
   }
 #pragma omp parallel
   {
-    std::vector<float> e(EXPAND ? hidden * hw : 0), d(hidden * ohw), pad((h + 2) * (w + 2));
-    std::vector<float> bp(std::max(cin * block_pixels(cin), hidden * block_pixels(hidden)));
+    float *e = EXPAND ? scratch(E, hidden * hw) : nullptr, *d = scratch(D, hidden * ohw);
+    float *pad = scratch(PAD, 8 * (h + 2) * (w + 2));
+    float *bp = scratch(BP, std::max(cin * block_pixels(cin), hidden * block_pixels(hidden)));
 #pragma omp for schedule(static)
     for (int64_t img = 0; img < n; ++img) {
       const float *xi = x + img * cin * hw;
-      if (EXPAND) gemm_image<1, 1, 2, false>(xi, p1.a.data(), p1.bias.data(), nullptr, e.data(), cin, h, w, hidden, h, w, bp.data());
-      const float *ein = EXPAND ? e.data() : xi;
-      for (int64_t c = 0; c < hidden; ++c)
-        dw_plane<S, 1, 2>(ein + c * hw, wd + c * 9, bd[c], d.data() + c * ohw, h, w, oh, ow, pad.data());
-      gemm_image<1, 1, 1, RES>(d.data(), p2.a.data(), p2.bias.data(), RES ? xi : nullptr, y + img * cout * ohw,
-                               hidden, oh, ow, cout, oh, ow, bp.data());
+      if (EXPAND) gemm_image<1, 1, 2, false>(xi, p1.a, p1.bias, nullptr, e, cin, h, w, hidden, h, w, bp);
+      const float *ein = EXPAND ? e : xi;
+      dw_planes<S>(ein, d, 0, hidden, [](int64_t q) { return q; }, wd, bd, h, w, oh, ow, pad);
+      gemm_image<1, 1, 1, RES>(d, p2.a, p2.bias, RES ? xi : nullptr, y + img * cout * ohw, hidden, oh, ow, cout, oh,
+                               ow, bp);
     }
   }
 }
@@ -377,13 +390,13 @@ void conv3x3_row(const float *pad, const Packed &pk, float *y, int64_t cin, int6
       const int nrows = static_cast<int>(std::min<int64_t>(MR, cout - b * MR));
       float *out = y + b * MR * oh * ow + oy * ow + ox0;
       if (cols == NR && stream_out && reinterpret_cast<uintptr_t>(out) % 32 == 0 && ow % 8 == 0)
-        tile_rows<2, false, decltype(brow), true>(pk.a.data() + b * MR * k, brow, k, pk.bias.data() + b * MR, out,
+        tile_rows<2, false, decltype(brow), true>(pk.a + b * MR * k, brow, k, pk.bias + b * MR, out,
                                                   nullptr, oh * ow, nrows, cols);
       else if (cols == NR)
-        tile_rows<2, false>(pk.a.data() + b * MR * k, brow, k, pk.bias.data() + b * MR, out, nullptr, oh * ow, nrows,
+        tile_rows<2, false>(pk.a + b * MR * k, brow, k, pk.bias + b * MR, out, nullptr, oh * ow, nrows,
                             cols);
       else
-        tile<2, false>(pk.a.data() + b * MR * k, tail, k, pk.bias.data() + b * MR, out, nullptr, oh * ow, nrows,
+        tile<2, false>(pk.a + b * MR * k, tail, k, pk.bias + b * MR, out, nullptr, oh * ow, nrows,
                        cols);
     }
   }
@@ -400,30 +413,29 @@ void conv3x3(const float *x, const float *wt, const float *bias, float *y, int64
   if (n >= omp_get_max_threads()) {
 #pragma omp parallel
     {
-      std::vector<float> pad(cin * plane), tail(k * NR);
+      float *pad = scratch(PAD, cin * plane), *tail = scratch(TAIL, k * NR);
       std::vector<const float *> rows(k);
 #pragma omp for schedule(static)
       for (int64_t img = 0; img < n; ++img) {
-        pad_image<S>(x + img * cin * h * w, cin, h, w, pad.data());
+        pad_image<S>(x + img * cin * h * w, cin, h, w, pad);
         for (int64_t oy = 0; oy < oh; ++oy)
-          conv3x3_row<S>(pad.data(), pk, y + img * cout * oh * ow, cin, h, w, cout, oy, rows.data(), tail.data(),
-                         big);
+          conv3x3_row<S>(pad, pk, y + img * cout * oh * ow, cin, h, w, cout, oy, rows.data(), tail, big);
       }
       stream_fence();
     }
     return;
   }
-  std::vector<float> pad(n * cin * plane);
-  for (int64_t img = 0; img < n; ++img) pad_image<S>(x + img * cin * h * w, cin, h, w, pad.data() + img * cin * plane);
+  float *pad = scratch(XT, n * cin * plane);  // (the master's XT slot: PAD is a worker slot here)
+  for (int64_t img = 0; img < n; ++img) pad_image<S>(x + img * cin * h * w, cin, h, w, pad + img * cin * plane);
 #pragma omp parallel
   {
-    std::vector<float> tail(k * NR);
+    float *tail = scratch(TAIL, k * NR);
     std::vector<const float *> rows(k);
 #pragma omp for collapse(2) schedule(static)
     for (int64_t img = 0; img < n; ++img)
       for (int64_t oy = 0; oy < oh; ++oy)
-        conv3x3_row<S>(pad.data() + img * cin * plane, pk, y + img * cout * oh * ow, cin, h, w, cout, oy, rows.data(),
-                       tail.data(), big);
+        conv3x3_row<S>(pad + img * cin * plane, pk, y + img * cout * oh * ow, cin, h, w, cout, oy, rows.data(),
+                       tail, big);
     stream_fence();
   }
 }
