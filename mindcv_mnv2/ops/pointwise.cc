@@ -53,6 +53,10 @@ inline float *scratch(Slot slot, int64_t size) {
   return b.data();
 }
 
+// Below this many multiply-adds an operator runs on the calling thread alone: waking a sleeping
+// OpenMP thread (OMP_WAIT_POLICY=PASSIVE) costs ~25 us, more than such work takes on one core.
+constexpr int64_t SERIAL_MACS = 1 << 21;
+
 constexpr int MR = 6;   // output channels per register tile
 constexpr int NR = 16;  // output pixels per register tile (two 8-float vectors)
 constexpr int64_t B_BLOCK_BYTES = 192 << 10;  // a packed block of B stays in L2 (512 KiB and up)
@@ -229,7 +233,7 @@ void conv_gemm(const float *x, const float *wt, const float *bias, const float *
   const int64_t want = 4 * omp_get_max_threads();
   const int64_t groups = std::max<int64_t>(1, std::min<int64_t>(rb, (want + n * jb - 1) / (n * jb)));
   const int64_t per_group = (rb + groups - 1) / groups;
-#pragma omp parallel
+#pragma omp parallel if (n * p * cout * k >= SERIAL_MACS)
   {
     float *bp = scratch(BP, k * nc);
 #pragma omp for collapse(3) schedule(static)
@@ -270,7 +274,7 @@ void pointwise(const float *x, const float *wt, const float *bias, const float *
     return;
   }
   const Packed pk(wt, bias, cout, cin);
-#pragma omp parallel
+#pragma omp parallel if (n * p * cout * cin >= SERIAL_MACS)
   {
     int64_t i0, i1;
     my_images(n, &i0, &i1);
@@ -307,21 +311,23 @@ void ir_layers(const float *x, const float *w1, const float *b1, const float *wd
 }
 
 // An inverted-residual block with BatchNorm folded: relu6(W1 x + b1) [when EXPAND], relu6(dw(.) + bd)
-// with stride S, then W2 (.) + b2 [+ x when RES]. Large maps with at least one image per thread:
-// each thread runs whole images through the three layers (its expanded planes stay in its caches).
-// Small maps: layer by layer on the (c, n, hw) layout. Otherwise layer by layer over the batch.
+// with stride S, then W2 (.) + b2 [+ x when RES]. With at least one image per thread (or work too
+// small to share): each thread runs whole images through the three layers (its expanded planes
+// stay in its caches), maps of SMALL_BLOCK_MAP pixels or fewer all its images at once on the
+// (c, image, hw) layout. Otherwise (batch 1) layer by layer, every layer on all threads.
 template <int S, bool EXPAND, bool RES>
 void ir_block(const float *x, const float *w1, const float *b1, const float *wd, const float *bd, const float *w2,
               const float *b2, float *y, int64_t n, int64_t cin, int64_t h, int64_t w, int64_t hidden,
               int64_t cout) {
   const int64_t oh = (h - 1) / S + 1, ow = (w - 1) / S + 1, hw = h * w, ohw = oh * ow;
-  if (n < omp_get_max_threads()) {
+  const bool serial = n * ((EXPAND ? cin * hidden * hw : 0) + hidden * 9 * ohw + hidden * cout * ohw) < SERIAL_MACS;
+  if (n < omp_get_max_threads() && !serial) {
     ir_layers<S, EXPAND, RES>(x, w1, b1, wd, bd, w2, b2, y, n, cin, h, w, hidden, cout);
     return;
   }
   const Packed p1(EXPAND ? w1 : wd, EXPAND ? b1 : bd, EXPAND ? hidden : 0, cin), p2(w2, b2, cout, hidden, true);
   if (hw <= SMALL_BLOCK_MAP) {  // each thread: its images at once, on the (c, image, hw) layout
-#pragma omp parallel
+#pragma omp parallel if (!serial)
     {
       int64_t i0, i1;
       my_images(n, &i0, &i1);
@@ -339,7 +345,7 @@ void ir_block(const float *x, const float *w1, const float *b1, const float *wd,
     }
     return;
   }
-#pragma omp parallel
+#pragma omp parallel if (!serial)
   {
     float *e = EXPAND ? scratch(E, hidden * hw) : nullptr, *d = scratch(D, hidden * ohw);
     float *pad = scratch(PAD, 8 * (h + 2) * (w + 2));
@@ -409,9 +415,9 @@ void conv3x3(const float *x, const float *wt, const float *bias, float *y, int64
              int64_t w, int64_t cout) {
   const int64_t oh = (h - 1) / S + 1, ow = (w - 1) / S + 1, plane = (h + 2) * (w + 2), k = cin * 9;
   const Packed pk(wt, bias, cout, k);
-  const bool big = n * cout * oh * ow * 4 > STREAM_BYTES;
-  if (n >= omp_get_max_threads()) {
-#pragma omp parallel
+  const bool big = n * cout * oh * ow * 4 > STREAM_BYTES, serial = n * oh * ow * cout * k < SERIAL_MACS;
+  if (n >= omp_get_max_threads() || serial) {
+#pragma omp parallel if (!serial)
     {
       float *pad = scratch(PAD, cin * plane), *tail = scratch(TAIL, k * NR);
       std::vector<const float *> rows(k);
@@ -510,7 +516,7 @@ int MeanHW(int nparam, void **params, int *ndims, int64_t **shapes, const char *
   const int64_t nc = shapes[0][0] * shapes[0][1], hw = shapes[0][2] * shapes[0][3];
   const float *x = static_cast<float *>(params[0]);
   float *y = static_cast<float *>(params[1]);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (nc * hw >= SERIAL_MACS)
   for (int64_t i = 0; i < nc; ++i) {
     double s = 0.0;
     for (int64_t j = 0; j < hw; ++j) s += x[i * hw + j];
