@@ -130,3 +130,14 @@ def test_block_reads_its_parameters_when_they_change():
     before = cell(ms.Tensor(x)).asnumpy()
     params[5].set_data(ms.Tensor(arrays[5] + 1.0))
     np.testing.assert_allclose(cell(ms.Tensor(x)).asnumpy(), before + 1.0, rtol=0, atol=1e-5)
+
+
+# (n, c, classes, h): a few images (one dot product per logit) and more (the pooled batch as one
+# matrix product, the batch as its columns: 5 leaves a partial 16-column tile, 33 a second tile).
+@pytest.mark.parametrize("n, c, classes, h", [(1, 40, 7, 3), (3, 24, 13, 1), (5, 40, 7, 3), (33, 64, 1001, 2)])
+def test_pool_and_classifier_head_matches_numpy(n, c, classes, h):
+    rng = np.random.default_rng(n + c)
+    x = _rand(rng, n, c, h, h + 1)
+    wt, b = _rand(rng, classes, c, scale=c ** -0.5), _rand(rng, classes)
+    want = x.astype(np.float64).mean((2, 3)) @ wt.T.astype(np.float64) + b
+    _check(_classes()[6](_param(wt, "w"), _param(b, "b"))(ms.Tensor(x)).asnumpy(), want)

@@ -11,7 +11,7 @@ from mindcv_mnv2.models import MobileNetV2  # noqa: E402
 from mindcv_mnv2.models.fold import FoldedMobileNetV2, fold_conv_bn  # noqa: E402
 from mindcv_mnv2.ops import swap_depthwise  # noqa: E402
 from mindcv_mnv2.ops.folded import (fused_block, fused_conv, fused_depthwise, fused_epilogue,  # noqa: E402
-                                    fused_pool)
+                                    fused_head)
 
 pytestmark = [pytest.mark.usefixtures("pynative"), pytest.mark.numerics]  # PyNative: no graph compiles
 
@@ -72,7 +72,7 @@ def test_folded_network_equals_unfolded(width, kw):
     plain.set_train(False)
     swap_depthwise(net)  # as on CPU: the fused C++ kernels take the swapped network
     per_layer = FoldedMobileNetV2(net, fused_epilogue, fused_depthwise)  # MindSpore's 1x1 convs
-    fused = FoldedMobileNetV2(net, fused_epilogue, fused_depthwise, fused_conv, fused_block, fused_pool)  # EvalNet's
+    fused = FoldedMobileNetV2(net, fused_epilogue, fused_depthwise, fused_conv, fused_block, fused_head)  # EvalNet's
     per_layer.set_train(False)
     fused.set_train(False)
     kinds = [type(c).__name__ for c in fused.features]

@@ -10,7 +10,7 @@ copy is rebuilt from the trained network's tensors (``refresh``).
 How each layer runs is pluggable: plain MindSpore ops by default (any device, exportable), or fused
 kernels from factories (engine.evaluator passes the C++ ones of mindcv_mnv2.ops.folded on CPU): an
 epilogue after a convolution, a depthwise layer, a whole convolution with its epilogue, or a whole
-inverted-residual block. A factory returns None for a layer it does not take, which then stays plain.
+inverted-residual block, the pool with the classifier. A factory returns None for a layer it does not take, which then stays plain.
 """
 from __future__ import annotations
 
@@ -31,8 +31,8 @@ DepthwiseFactory = Callable[[nn.Cell, Parameter, Parameter, bool], Optional[nn.C
 ConvFactory = Callable[[nn.Cell, Parameter, Parameter, bool, bool], Optional[nn.Cell]]
 # make_block([(conv, weight, bias, relu6) per layer], residual) -> Cell computing the whole block, or None
 BlockFactory = Callable[[List[Tuple[nn.Cell, Parameter, Parameter, bool]], bool], Optional[nn.Cell]]
-# make_pool() -> Cell: (N, C, H, W) -> (N, C), the global average pool
-PoolFactory = Callable[[], nn.Cell]
+# make_head(weight, bias) -> Cell: feature map (N, C, H, W) -> logits, the pool and the classifier
+HeadFactory = Callable[[Parameter, Parameter], nn.Cell]
 
 
 def fold_conv_bn(weight: np.ndarray, gamma: np.ndarray, beta: np.ndarray, mean: np.ndarray, var: np.ndarray,
@@ -58,13 +58,6 @@ class Epilogue(nn.Cell):
         if self.residual:
             y = y + residual
         return y
-
-
-class GlobalMean(nn.Cell):
-    """(N, C, H, W) -> (N, C): the mean over each map, with plain ops."""
-
-    def construct(self, x):
-        return ops.mean(x, (2, 3), False)
 
 
 class ConvBias(nn.Cell):
@@ -119,7 +112,7 @@ class FoldedMobileNetV2(nn.Cell):
 
     def __init__(self, net: MobileNetV2, make_epilogue: Optional[EpilogueFactory] = None,
                  make_depthwise: Optional[DepthwiseFactory] = None, make_conv: Optional[ConvFactory] = None,
-                 make_block: Optional[BlockFactory] = None, make_pool: Optional[PoolFactory] = None) -> None:
+                 make_block: Optional[BlockFactory] = None, make_head: Optional[HeadFactory] = None) -> None:
         super().__init__()
         make_epilogue = make_epilogue or Epilogue
         self.num_classes = net.num_classes
@@ -161,9 +154,9 @@ class FoldedMobileNetV2(nn.Cell):
         n = len(f)
         layers.append(folded(f[n - 3], f[n - 2], f"features.{n - 3}", f"features.{n - 2}", relu6=True))
         self.features = nn.SequentialCell(layers)
-        self.pool = make_pool() if make_pool is not None else GlobalMean()
         dense = net.classifier[1]
         self.classifier = nn.Dense(dense.in_channels, dense.out_channels)
+        self.head = None if make_head is None else make_head(self.classifier.weight, self.classifier.bias)
         self.refresh({p.name: p.asnumpy() for p in net.get_parameters()})
 
     def refresh(self, tensors: Mapping[str, Any]) -> None:
@@ -181,7 +174,10 @@ class FoldedMobileNetV2(nn.Cell):
         self.classifier.bias.set_data(Tensor(arr("classifier.1.bias")))
 
     def construct(self, x):
-        return self.classifier(self.pool(self.features(x)))
+        x = self.features(x)
+        if self.head is None:
+            return self.classifier(ops.mean(x, (2, 3), False))
+        return self.head(x)
 
 
 def _is_depthwise(conv: nn.Cell) -> bool:

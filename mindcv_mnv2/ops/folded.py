@@ -9,7 +9,7 @@ C++ kernels, or None where a layer does not fit them (it then keeps plain MindSp
   epilogue fused (pointwise.cc), in place of MindSpore's Conv2D (oneDNN on NCHW) + epilogue;
 - :func:`fused_block`: a whole inverted-residual block as one operator (pointwise.cc), run image by
   image so the expanded activations stay in cache;
-- :func:`fused_pool`: the global average pool before the classifier.
+- :func:`fused_head`: the global average pool and the classifier.
 
 Inference only: these cells have no gradient. Each reads the folded copy's own Parameters
 (``refresh`` updates them in place), so the weights are shared, not copied.
@@ -132,17 +132,19 @@ def _classes():
         def construct(self, x):
             return self.op(x, self.wd, self.bd, self.w2, self.b2)
 
-    class AotMeanHW(nn.Cell):
-        """Global average pool (N, C, H, W) -> (N, C) in one C++ pass."""
+    class AotPoolDense(nn.Cell):
+        """Global average pool and the classifier, (N, C, H, W) -> (N, classes), in one C++ operator."""
 
-        def __init__(self) -> None:
+        def __init__(self, weight, bias) -> None:
             super().__init__()
-            self.op = custom("MeanHW", lambda xs: [xs[0], xs[1]])
+            self.op = custom("PoolDense", lambda xs, ws, bs: [xs[0], ws[0]])
+            self.weight, self.bias = weight, bias
 
         def construct(self, x):
-            return self.op(x)
+            return self.op(x, self.weight, self.bias)
 
-    return (AotEpilogue, AotDepthwiseBias, AotConvBias, AotConvBiasResidual, AotBlock, AotBlockNoExpand, AotMeanHW)
+    return (AotEpilogue, AotDepthwiseBias, AotConvBias, AotConvBiasResidual, AotBlock, AotBlockNoExpand,
+            AotPoolDense)
 
 
 def fused_epilogue(relu6: bool, residual: bool):
@@ -174,9 +176,9 @@ def fused_conv(conv, weight, bias, relu6: bool, residual: bool):
     return _classes()[2](weight, bias, f"Conv3x3BiasRelu6S{stride}", stride) if relu6 else None
 
 
-def fused_pool():
-    """The global average pool (N, C, H, W) -> (N, C) on the C++ kernel."""
-    return _classes()[6]()
+def fused_head(weight, bias):
+    """Global average pool + classifier (weight: classes x C, bias: classes) on the C++ kernel."""
+    return _classes()[6](weight, bias)
 
 
 def fused_block(layers: List[LayerSpec], residual: bool):
