@@ -1,7 +1,7 @@
-// Convolutions as one packed matrix product with a fused epilogue, for inference with BatchNorm
-// folded (NCHW, float32): the 1x1 convolutions of MobileNetV2 (y = W x per image, W Cout x Cin) and
-// its 3x3 stem (the same product over a 27-row patch matrix), each followed in the same pass by
-// + bias, then ReLU6 (ACT 2), then + a residual (RES). MindSpore's CPU Conv2D (oneDNN on NCHW) plus a
+// Convolutions as packed matrix products with a fused epilogue, for inference with BatchNorm folded
+// (NCHW, float32): the 1x1 convolutions of MobileNetV2 (y = W x per image, W Cout x Cin) and its 3x3
+// stem (the same 6 x 16 register tiles, reading their 27 rows of B in place from padded planes),
+// each followed in the same pass by + bias, then ReLU6 (ACT 2), then + a residual (RES). MindSpore's CPU Conv2D (oneDNN on NCHW) plus a
 // separate epilogue pass over each activation took ~2/3 of the folded network's time.
 // A whole inverted-residual block (expand 1x1, depthwise 3x3, project 1x1 [+ input]) also runs as one
 // operator, image by image, so its expanded activations stay in cache instead of going to memory.
@@ -78,54 +78,26 @@ void pack_a(const float *a, int64_t rows, int64_t k, float *ap) {
       }
 }
 
-// The B block of pixels [p0, p0 + nc) of one image, as strips of NR pixels stored k-major (k x NR);
-// pixels past the plane are zero. KS 1: B = x itself (k = input channel). KS 3: the 3x3 patches
-// (k = (ci, ky, kx)) of an input with padding 1 and stride S.
-template <int KS, int S>
-void pack_b(const float *x, int64_t cin, int64_t h, int64_t w, int64_t ow, int64_t p_total, int64_t p0,
-            int64_t nc, float *bp) {
-  const int64_t k = cin * KS * KS, cols = std::min<int64_t>(nc, p_total - p0);
-  const int64_t strips = (cols + NR - 1) / NR;
-  if (KS == 1) {
-    // Row by row of x, so reads are one sequential stream at a time (the prefetcher's best case).
-    for (int64_t kk = 0; kk < k; ++kk) {
-      const float *src = x + kk * p_total + p0;
-      for (int64_t s = 0; s < strips; ++s) {
-        float *dst = bp + (s * k + kk) * NR;
-        const int64_t valid = std::min<int64_t>(NR, cols - s * NR);
-        if (valid == NR) {
-          st(dst, ld(src + s * NR));
-          st(dst + 8, ld(src + s * NR + 8));
-        } else {
-          for (int64_t j = 0; j < NR; ++j) dst[j] = j < valid ? src[s * NR + j] : 0.f;
-        }
+// The B block of pixels [p0, p0 + nc) of one image (x: k rows of p_total pixels), as strips of NR
+// pixels stored k-major (k x NR); pixels past the plane are zero. Row by row of x, so reads are one
+// sequential stream at a time (the prefetcher's best case).
+void pack_b(const float *x, int64_t k, int64_t p_total, int64_t p0, int64_t nc, float *bp) {
+  const int64_t cols = std::min<int64_t>(nc, p_total - p0), strips = (cols + NR - 1) / NR;
+  for (int64_t kk = 0; kk < k; ++kk) {
+    const float *src = x + kk * p_total + p0;
+    for (int64_t s = 0; s < strips; ++s) {
+      float *dst = bp + (s * k + kk) * NR;
+      const int64_t valid = std::min<int64_t>(NR, cols - s * NR);
+      if (valid == NR) {
+        st(dst, ld(src + s * NR));
+        st(dst + 8, ld(src + s * NR + 8));
+      } else {
+        for (int64_t j = 0; j < NR; ++j) dst[j] = j < valid ? src[s * NR + j] : 0.f;
       }
     }
-    return;
   }
-  // 3x3 patches: the top-left input corner of each pixel once, then one pass per (ci, ky, kx) row of B.
-  int64_t iy0[MAX_BLOCK], ix0[MAX_BLOCK];
-  for (int64_t q = 0; q < strips * NR; ++q) {
-    const bool in = q < cols;  // past the plane: a corner no tap reaches, so the column stays zero
-    iy0[q] = in ? (p0 + q) / ow * S - 1 : -2 * h - 4;
-    ix0[q] = in ? (p0 + q) % ow * S - 1 : -2 * w - 4;
-  }
-  for (int64_t ci = 0; ci < cin; ++ci)
-    for (int ky = 0; ky < KS; ++ky)
-      for (int kx = 0; kx < KS; ++kx) {
-        const int64_t kk = (ci * KS + ky) * KS + kx;
-        const float *plane = x + ci * h * w;
-        for (int64_t s = 0; s < strips; ++s) {
-          float *dst = bp + (s * k + kk) * NR;
-          for (int j = 0; j < NR; ++j) {
-            const int64_t iy = iy0[s * NR + j] + ky, ix = ix0[s * NR + j] + kx;
-            dst[j] = (iy >= 0 && iy < h && ix >= 0 && ix < w) ? plane[iy * w + ix] : 0.f;
-          }
-        }
-      }
 }
 
-// One MR x NR tile of C = A B over k, then the epilogue; rows/cols below MR/NR mark an edge tile.
 // brow(kk): the NR floats of row kk of B (a packed strip, or a row of the input read in place).
 template <int ACT, bool RES, class BRow, bool STREAM = false>
 inline void tile_rows(const float *ap, BRow brow, int64_t k, const float *bias, float *c, const float *r,
@@ -179,14 +151,12 @@ inline void tile(const float *ap, const float *bp, int64_t k, const float *bias,
   tile_rows<ACT, RES>(ap, [bp](int64_t kk) { return bp + kk * NR; }, k, bias, c, r, ldc, rows, cols);
 }
 
-// The pixels [p0, p0 + nc) and the row panels [rb0, rb1) of one image's output: pack, then tiles.
-// ap: A packed by pack_a; bias padded to whole panels; bp: scratch of k * nc floats.
-template <int KS, int S, int ACT, bool RES>
-void gemm_block(const float *x, const float *ap, const float *bias, const float *res, float *y, int64_t cin,
-                int64_t h, int64_t w, int64_t cout, int64_t ow, int64_t p, int64_t p0, int64_t nc, int64_t rb0,
-                int64_t rb1, float *bp) {
-  const int64_t k = cin * KS * KS;
-  pack_b<KS, S>(x, cin, h, w, ow, p, p0, nc, bp);
+// The pixels [p0, p0 + nc) and the row panels [rb0, rb1) of one image's y (cout x p) = A x (k x p),
+// then the epilogue. ap: A packed by pack_a; bias padded to whole panels; bp: scratch of k * nc floats.
+template <int ACT, bool RES>
+void gemm_block(const float *x, const float *ap, const float *bias, const float *res, float *y, int64_t k,
+                int64_t cout, int64_t p, int64_t p0, int64_t nc, int64_t rb0, int64_t rb1, float *bp) {
+  pack_b(x, k, p, p0, nc, bp);
   const int64_t cols_block = std::min<int64_t>(nc, p - p0);
   for (int64_t b = rb0; b < rb1; ++b) {
     const int rows = static_cast<int>(std::min<int64_t>(MR, cout - b * MR));
@@ -199,12 +169,12 @@ void gemm_block(const float *x, const float *ap, const float *bias, const float 
   }
 }
 
-// One image, one thread: y (cout, oh, ow) = epilogue(conv(x (cin, h, w))).
-template <int KS, int S, int ACT, bool RES>
-void gemm_image(const float *x, const float *ap, const float *bias, const float *res, float *y, int64_t cin,
-                int64_t h, int64_t w, int64_t cout, int64_t oh, int64_t ow, float *bp) {
-  const int64_t p = oh * ow, nc = block_pixels(cin * KS * KS), rb = (cout + MR - 1) / MR;
-  for (int64_t p0 = 0; p0 < p; p0 += nc) gemm_block<KS, S, ACT, RES>(x, ap, bias, res, y, cin, h, w, cout, ow, p, p0, nc, 0, rb, bp);
+// One image, one thread: y (cout x p) = epilogue(A x (k x p)).
+template <int ACT, bool RES>
+void gemm_image(const float *x, const float *ap, const float *bias, const float *res, float *y, int64_t k,
+                int64_t p, int64_t cout, float *bp) {
+  const int64_t nc = block_pixels(k), rb = (cout + MR - 1) / MR;
+  for (int64_t p0 = 0; p0 < p; p0 += nc) gemm_block<ACT, RES>(x, ap, bias, res, y, k, cout, p, p0, nc, 0, rb, bp);
 }
 
 // Weights packed for the tiles, bias padded to whole panels: once per call, shared by all threads.
@@ -221,11 +191,11 @@ struct Packed {
   }
 };
 
-// y (n, cout, oh, ow) = epilogue(conv(x (n, cin, h, w), wt (cout, cin, KS, KS)) + bias), all threads.
-template <int KS, int S, int ACT, bool RES>
+// y (n, cout, p) = epilogue(wt (cout x k) x (n, k, p) + bias): a 1x1 convolution on all threads.
+template <int ACT, bool RES>
 void conv_gemm(const float *x, const float *wt, const float *bias, const float *res, float *y, int64_t n,
-               int64_t cin, int64_t h, int64_t w, int64_t cout, int64_t oh, int64_t ow) {
-  const int64_t k = cin * KS * KS, p = oh * ow, nc = block_pixels(k);
+               int64_t k, int64_t p, int64_t cout) {
+  const int64_t nc = block_pixels(k);
   const int64_t rb = (cout + MR - 1) / MR, jb = (p + nc - 1) / nc;
   const Packed pk(wt, bias, cout, k);
   // Split the output channels into groups when there are too few pixel blocks to keep every thread
@@ -240,9 +210,8 @@ void conv_gemm(const float *x, const float *wt, const float *bias, const float *
     for (int64_t img = 0; img < n; ++img)
       for (int64_t j = 0; j < jb; ++j)
         for (int64_t g = 0; g < groups; ++g)
-          gemm_block<KS, S, ACT, RES>(x + img * cin * h * w, pk.a, pk.bias,
-                                      RES ? res + img * cout * p : nullptr, y + img * cout * p, cin, h, w, cout, ow,
-                                      p, j * nc, nc, g * per_group, std::min(rb, (g + 1) * per_group), bp);
+          gemm_block<ACT, RES>(x + img * k * p, pk.a, pk.bias, RES ? res + img * cout * p : nullptr,
+                               y + img * cout * p, k, cout, p, j * nc, nc, g * per_group, std::min(rb, (g + 1) * per_group), bp);
   }
 }
 
@@ -270,7 +239,7 @@ void pointwise(const float *x, const float *wt, const float *bias, const float *
                int64_t cin, int64_t h, int64_t w, int64_t cout) {
   const int64_t p = h * w;
   if (p > SMALL_MAP || n < omp_get_max_threads()) {
-    conv_gemm<1, 1, ACT, RES>(x, wt, bias, res, y, n, cin, h, w, cout, h, w);
+    conv_gemm<ACT, RES>(x, wt, bias, res, y, n, cin, h * w, cout);
     return;
   }
   const Packed pk(wt, bias, cout, cin);
@@ -283,7 +252,7 @@ void pointwise(const float *x, const float *wt, const float *bias, const float *
     float *yt = scratch(YT, m * cout * p), *bp = scratch(BP, cin * block_pixels(cin));
     swap_outer(x + i0 * cin * p, xt, m, cin, p);
     if (RES) swap_outer(res + i0 * cout * p, rt, m, cout, p);
-    gemm_image<1, 1, ACT, RES>(xt, pk.a, pk.bias, rt, yt, cin, 1, m * p, cout, 1, m * p, bp);
+    gemm_image<ACT, RES>(xt, pk.a, pk.bias, rt, yt, cin, m * p, cout, bp);
     swap_outer(yt, y + i0 * cout * p, cout, m, p);
   }
 }
@@ -296,7 +265,7 @@ void ir_layers(const float *x, const float *w1, const float *b1, const float *wd
                int64_t hidden, int64_t cout) {
   const int64_t oh = (h - 1) / S + 1, ow = (w - 1) / S + 1, hw = h * w, ohw = oh * ow;
   float *e = EXPAND ? scratch(E, n * hidden * hw) : nullptr, *d = scratch(D, n * hidden * ohw);
-  if (EXPAND) conv_gemm<1, 1, 2, false>(x, w1, b1, nullptr, e, n, cin, h, w, hidden, h, w);
+  if (EXPAND) conv_gemm<2, false>(x, w1, b1, nullptr, e, n, cin, hw, hidden);
   const float *ein = EXPAND ? e : x;
   const int64_t planes = n * hidden, groups = (planes + 7) / 8;
 #pragma omp parallel
@@ -307,7 +276,7 @@ void ir_layers(const float *x, const float *w1, const float *b1, const float *wd
       dw_planes<S>(ein, d, 8 * g, std::min(planes, 8 * g + 8), [hidden](int64_t q) { return q % hidden; }, wd, bd, h, w,
                    oh, ow, pad);
   }
-  conv_gemm<1, 1, 1, RES>(d, w2, b2, x, y, n, hidden, oh, ow, cout, oh, ow);
+  conv_gemm<1, RES>(d, w2, b2, x, y, n, hidden, ohw, cout);
 }
 
 // An inverted-residual block with BatchNorm folded: relu6(W1 x + b1) [when EXPAND], relu6(dw(.) + bd)
@@ -337,10 +306,10 @@ void ir_block(const float *x, const float *w1, const float *b1, const float *wd,
       float *pad = scratch(PAD, 8 * (h + 2) * (w + 2));
       float *bp = scratch(BP, std::max(cin * block_pixels(cin), hidden * block_pixels(hidden)));
       swap_outer(x + i0 * cin * hw, xt, m, cin, hw);
-      if (EXPAND) gemm_image<1, 1, 2, false>(xt, p1.a, p1.bias, nullptr, e, cin, 1, m * hw, hidden, 1, m * hw, bp);
+      if (EXPAND) gemm_image<2, false>(xt, p1.a, p1.bias, nullptr, e, cin, m * hw, hidden, bp);
       const float *ein = EXPAND ? e : xt;
       dw_planes<S>(ein, d, 0, hidden * m, [m](int64_t q) { return q / m; }, wd, bd, h, w, oh, ow, pad);
-      gemm_image<1, 1, 1, RES>(d, p2.a, p2.bias, RES ? xt : nullptr, yt, hidden, 1, m * ohw, cout, 1, m * ohw, bp);
+      gemm_image<1, RES>(d, p2.a, p2.bias, RES ? xt : nullptr, yt, hidden, m * ohw, cout, bp);
       swap_outer(yt, y + i0 * cout * ohw, cout, m, ohw);
     }
     return;
@@ -353,11 +322,10 @@ void ir_block(const float *x, const float *w1, const float *b1, const float *wd,
 #pragma omp for schedule(static)
     for (int64_t img = 0; img < n; ++img) {
       const float *xi = x + img * cin * hw;
-      if (EXPAND) gemm_image<1, 1, 2, false>(xi, p1.a, p1.bias, nullptr, e, cin, h, w, hidden, h, w, bp);
+      if (EXPAND) gemm_image<2, false>(xi, p1.a, p1.bias, nullptr, e, cin, hw, hidden, bp);
       const float *ein = EXPAND ? e : xi;
       dw_planes<S>(ein, d, 0, hidden, [](int64_t q) { return q; }, wd, bd, h, w, oh, ow, pad);
-      gemm_image<1, 1, 1, RES>(d, p2.a, p2.bias, RES ? xi : nullptr, y + img * cout * ohw, hidden, oh, ow, cout, oh,
-                               ow, bp);
+      gemm_image<1, RES>(d, p2.a, p2.bias, RES ? xi : nullptr, y + img * cout * ohw, hidden, ohw, cout, bp);
     }
   }
 }
@@ -538,7 +506,7 @@ int PoolDense(int nparam, void **params, int *ndims, int64_t **shapes, const cha
     return 0;
   }
   float *yt = scratch(YT, o * n);
-  conv_gemm<1, 1, 1, false>(pooled, wt, bias, nullptr, yt, 1, c, 1, n, o, 1, n);
+  conv_gemm<1, false>(pooled, wt, bias, nullptr, yt, 1, c, n, o);
   for (int64_t img = 0; img < n; ++img)
     for (int64_t row = 0; row < o; ++row) y[img * o + row] = yt[row * n + img];
   return 0;
