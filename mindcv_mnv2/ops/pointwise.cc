@@ -19,7 +19,6 @@
 namespace {
 
 using mnv2::check_f32;
-using mnv2::dw_plane;
 using mnv2::dw_planes;
 using mnv2::ld;
 using mnv2::st;
