@@ -9,8 +9,9 @@ copy is rebuilt from the trained network's tensors (``refresh``).
 
 How each layer runs is pluggable: plain MindSpore ops by default (any device, exportable), or fused
 kernels from factories (engine.evaluator passes the C++ ones of mindcv_mnv2.ops.folded on CPU): an
-epilogue after a convolution, a depthwise layer, a whole convolution with its epilogue, or a whole
-inverted-residual block, the pool with the classifier. A factory returns None for a layer it does not take, which then stays plain.
+epilogue after a convolution, a depthwise layer, a whole convolution with its epilogue, a whole
+inverted-residual block, and the pool with the classifier. A factory returns None for a layer it
+does not take, which then stays plain.
 """
 from __future__ import annotations
 
