@@ -120,40 +120,46 @@ class FoldedMobileNetV2(nn.Cell):
         self._sources: List[Tuple[ConvBias, str, str, float]] = []  # (folded cell, conv name, BN prefix, eps)
 
         def folded(conv: nn.Cell, bn: nn.BatchNorm2d, conv_name: str, bn_prefix: str, relu6: bool,
-                   residual: bool = False) -> nn.Cell:
+                   residual: bool = False) -> ConvBias:
             out_ch = int(bn.moving_mean.shape[0])
             cls = ConvBiasResidual if residual else ConvBias
             cell = cls(_plain_conv(conv), out_ch, make_epilogue(relu6, residual))
             self._sources.append((cell, conv_name, bn_prefix, float(bn.eps)))
-            specs.append((conv, cell.conv.weight, cell.bias, relu6))
-            fused = None
+            return cell
+
+        def fused(conv: nn.Cell, cell: ConvBias, relu6: bool, residual: bool = False) -> nn.Cell:
+            # A layer's own fused kernel, where a factory takes it; the folded cell's Parameters are shared.
+            out = None
             if make_depthwise is not None and not residual and _is_depthwise(conv):
-                fused = make_depthwise(conv, cell.conv.weight, cell.bias, relu6)
+                out = make_depthwise(conv, cell.conv.weight, cell.bias, relu6)
             elif make_conv is not None and not _is_depthwise(conv):
-                fused = make_conv(conv, cell.conv.weight, cell.bias, relu6, residual)
-            return cell if fused is None else fused
+                out = make_conv(conv, cell.conv.weight, cell.bias, relu6, residual)
+            return cell if out is None else out
 
         f = net.features
-        specs: List[Tuple[nn.Cell, Parameter, Parameter, bool]] = []  # the current block's layers
-        layers: List[nn.Cell] = [folded(f[0], f[1], "features.0", "features.1", relu6=True)]
+        layers: List[nn.Cell] = [fused(f[0], folded(f[0], f[1], "features.0", "features.1", True), True)]
         for i in range(3, len(f) - 3):
             block: InvertedResidual = f[i]
             cells = list(block.layers)
             p = f"features.{i}.layers"
-            body: List[nn.Cell] = []
-            specs.clear()
+            parts: List[Tuple[nn.Cell, ConvBias, bool, bool]] = []  # (conv, folded cell, relu6, residual)
             k = 0
             while k < len(cells):
                 conv, bn = cells[k], cells[k + 1]
                 relu6 = k + 2 < len(cells) and isinstance(cells[k + 2], nn.ReLU6)
-                last = k + (3 if relu6 else 2) >= len(cells)
-                body.append(folded(conv, bn, f"{p}.{k}", f"{p}.{k + 1}", relu6,
-                                   residual=last and block.use_res_connect))
+                residual = k + (3 if relu6 else 2) >= len(cells) and block.use_res_connect
+                parts.append((conv, folded(conv, bn, f"{p}.{k}", f"{p}.{k + 1}", relu6, residual), relu6, residual))
                 k += 3 if relu6 else 2
-            whole = make_block(list(specs), block.use_res_connect) if make_block is not None else None
-            layers.append(whole if whole is not None else _FoldedBlock(body, block.use_res_connect))
+            whole = None
+            if make_block is not None:
+                whole = make_block([(conv, c.conv.weight, c.bias, r) for conv, c, r, _ in parts],
+                                   block.use_res_connect)
+            if whole is None:  # per-layer kernels only where the block's own does not fit
+                whole = _FoldedBlock([fused(*part) for part in parts], block.use_res_connect)
+            layers.append(whole)
         n = len(f)
-        layers.append(folded(f[n - 3], f[n - 2], f"features.{n - 3}", f"features.{n - 2}", relu6=True))
+        last = folded(f[n - 3], f[n - 2], f"features.{n - 3}", f"features.{n - 2}", True)
+        layers.append(fused(f[n - 3], last, True))
         self.features = nn.SequentialCell(layers)
         dense = net.classifier[1]
         self.classifier = nn.Dense(dense.in_channels, dense.out_channels)

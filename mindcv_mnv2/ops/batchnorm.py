@@ -44,12 +44,16 @@ def _cell_classes():
             dx, dgamma, dbeta = self.bwd(x, gamma, out[1], out[2], out[0], dout[0], eps)
             return dx, dgamma, dbeta, ops.zeros_like(eps)
 
+    shared_ops = {}
+
     class AotBatchNorm(nn.Cell):
         """nn.BatchNorm2d (+ the ReLU6 after it) on the C++ kernels; same Parameters and update rule."""
 
         def __init__(self, bn: nn.BatchNorm2d, relu6: bool) -> None:
             super().__init__()
-            self.op = AotBatchNormOp(relu6)
+            if relu6 not in shared_ops:
+                shared_ops[relu6] = AotBatchNormOp(relu6)
+            self.op = shared_ops[relu6]
             # the replaced layer's Parameters, in its order: same names, values, optimizer slots, checkpoints
             self.moving_mean, self.moving_variance = bn.moving_mean, bn.moving_variance
             self.gamma, self.beta = bn.gamma, bn.beta

@@ -170,12 +170,17 @@ def _cell_classes():
         def bprop(self, x, w, out, dout):
             return self.grad_x(x, w, dout), self.grad_w(x, dout)
 
+    shared_ops = {}
+
     class AotDepthwise(nn.Cell):
         """Depthwise 3x3 layer (weight C x 1 x 3 x 3, padding = dilation, no bias) on the C++ kernels."""
 
         def __init__(self, weight: ms.Parameter, stride: int, dilation: int = 1) -> None:
             super().__init__()
-            self.op = AotDepthwiseOp(stride, dilation)
+            key = (int(stride), int(dilation))
+            if key not in shared_ops:
+                shared_ops[key] = AotDepthwiseOp(*key)
+            self.op = shared_ops[key]
             self.weight = weight  # the replaced conv's Parameter: same name, value and optimizer slot
             self.stride, self.dilation = int(stride), int(dilation)
 

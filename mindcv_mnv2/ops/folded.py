@@ -25,23 +25,25 @@ from .depthwise import _eligible, _out_hw, build_library
 LayerSpec = Tuple[object, object, object, bool]
 
 
-def _geometry(conv) -> Optional[Tuple[str, int]]:
-    """('pw', 1), ('dw', stride), ('conv3', stride) for the convolutions the C++ kernels take, else None."""
+def _geometry(conv) -> Optional[Tuple[str, int, int]]:
+    """(kind, stride, dilation) of a convolution the C++ kernels take, else None.
+
+    kind: 'dw' (depthwise 3x3, dilation 1, 2 or 4), 'pw' (1x1) or 'conv3' (the dense 3x3 stem).
+    """
     if type(conv).__name__ == "AotDepthwise":
-        return ("dw", conv.stride) if conv.dilation == 1 else None
+        return "dw", int(conv.stride), int(conv.dilation)
     if type(conv).__name__ != "Conv2d":  # TFSameConv2d (asymmetric padding) and others: MindSpore's conv
         return None
     if _eligible(conv):
-        stride, dilation = int(tuple(conv.stride)[0]), int(tuple(conv.dilation)[0])
-        return ("dw", stride) if dilation == 1 else None
+        return "dw", int(tuple(conv.stride)[0]), int(tuple(conv.dilation)[0])
     ks, stride = tuple(conv.kernel_size), tuple(conv.stride)
     pad = conv.padding if isinstance(conv.padding, int) else tuple(conv.padding)
     if conv.group != 1 or conv.has_bias or tuple(conv.dilation) != (1, 1) or stride[0] != stride[1]:
         return None
     if ks == (1, 1) and stride[0] == 1 and (conv.pad_mode in ("same", "valid") or pad in (0, (0, 0, 0, 0))):
-        return "pw", 1
+        return "pw", 1, 1
     if ks == (3, 3) and stride[0] in (1, 2) and conv.pad_mode == "pad" and pad in (1, (1, 1, 1, 1)):
-        return "conv3", stride[0]
+        return "conv3", stride[0], 1
     return None
 
 
@@ -154,13 +156,10 @@ def fused_epilogue(relu6: bool, residual: bool):
 
 def fused_depthwise(conv, weight, bias, relu6: bool):
     """Depthwise 3x3 + bias (+ ReLU6) on the C++ kernel, or None if ``conv`` is not one it takes."""
-    if type(conv).__name__ == "AotDepthwise":
-        stride, dilation = conv.stride, conv.dilation
-    elif _eligible(conv):
-        stride, dilation = int(tuple(conv.stride)[0]), int(tuple(conv.dilation)[0])
-    else:
+    geo = _geometry(conv)
+    if geo is None or geo[0] != "dw":
         return None
-    return _classes()[1](weight, bias, stride, dilation, relu6)
+    return _classes()[1](weight, bias, geo[1], geo[2], relu6)
 
 
 def fused_conv(conv, weight, bias, relu6: bool, residual: bool):
@@ -168,7 +167,7 @@ def fused_conv(conv, weight, bias, relu6: bool, residual: bool):
     geo = _geometry(conv)
     if geo is None or geo[0] == "dw":
         return None
-    kind, stride = geo
+    kind, stride, _ = geo
     if residual:
         return _classes()[3](weight, bias) if kind == "pw" and not relu6 else None
     if kind == "pw":
@@ -184,16 +183,18 @@ def fused_head(weight, bias):
 def fused_block(layers: List[LayerSpec], residual: bool):
     """An inverted-residual block as one C++ operator, or None where its layers do not fit the kernel.
 
-    ``layers``: [expand 1x1 + ReLU6,] depthwise 3x3 + ReLU6, project 1x1 (no ReLU6), in order.
+    ``layers``: [expand 1x1 + ReLU6,] depthwise 3x3 + ReLU6, project 1x1 (no ReLU6), in order. The
+    block kernel has no dilated depthwise (output_stride 8 / 16 keeps the per-layer kernels).
     """
     kinds = [(_geometry(conv), relu6) for conv, _, _, relu6 in layers]
     params = [t for _, w, b, _ in layers for t in (w, b)]
-    if len(layers) == 3 and kinds[0] == (("pw", 1), True) and kinds[2] == (("pw", 1), False) \
-            and kinds[1][1] and kinds[1][0] in (("dw", 1), ("dw", 2)):
+    pw, pw_relu6 = (("pw", 1, 1), False), (("pw", 1, 1), True)
+    if len(layers) == 3 and kinds[0] == pw_relu6 and kinds[2] == pw \
+            and kinds[1] in ((("dw", 1, 1), True), (("dw", 2, 1), True)):
         stride = kinds[1][0][1]
         if residual and stride != 1:
             return None
         return _classes()[4](params, stride, residual)
-    if len(layers) == 2 and kinds == [(("dw", 1), True), (("pw", 1), False)] and not residual:
+    if len(layers) == 2 and kinds == [(("dw", 1, 1), True), pw] and not residual:
         return _classes()[5](params)
     return None

@@ -178,7 +178,8 @@ void gemm_image(const float *x, const float *ap, const float *bias, const float 
 
 // Weights packed for the tiles, bias padded to whole panels: once per call, shared by all threads.
 struct Packed {
-  const float *a, *bias;
+  const float *a = nullptr, *bias = nullptr;
+  Packed() = default;
   Packed(const float *wt, const float *b, int64_t rows, int64_t k, bool second = false) {
     const int64_t rb = (rows + MR - 1) / MR;
     float *pa = scratch(second ? A2 : A1, rb * MR * k), *pb = scratch(second ? BIAS2 : BIAS1, rb * MR);
@@ -293,7 +294,9 @@ void ir_block(const float *x, const float *w1, const float *b1, const float *wd,
     ir_layers<S, EXPAND, RES>(x, w1, b1, wd, bd, w2, b2, y, n, cin, h, w, hidden, cout);
     return;
   }
-  const Packed p1(EXPAND ? w1 : wd, EXPAND ? b1 : bd, EXPAND ? hidden : 0, cin), p2(w2, b2, cout, hidden, true);
+  Packed p1;  // the expansion layer's weights; a block without one has nothing to pack
+  if (EXPAND) p1 = Packed(w1, b1, hidden, cin);
+  const Packed p2(w2, b2, cout, hidden, true);
   if (hw <= SMALL_BLOCK_MAP) {  // each thread: its images at once, on the (c, image, hw) layout
 #pragma omp parallel if (!serial)
     {
