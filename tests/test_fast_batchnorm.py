@@ -104,6 +104,46 @@ def test_moving_statistics_and_eval_mode_match_nn_batchnorm2d(pynative):
     np.testing.assert_allclose(fast(ms.Tensor(x)).asnumpy(), native(ms.Tensor(x)).asnumpy(), rtol=1e-5, atol=1e-5)
 
 
+class _Tiny(nn.SequentialCell):
+    """conv - BatchNorm - ReLU6 - pool - dense: the smallest network TrainStep trains."""
+
+    def __init__(self) -> None:
+        super().__init__([nn.Conv2d(3, 6, 3, has_bias=False), nn.BatchNorm2d(6, eps=EPS, momentum=0.9), nn.ReLU6(),
+                          nn.Conv2d(6, 6, 3, has_bias=False), nn.BatchNorm2d(6, eps=EPS, momentum=0.9), nn.ReLU6(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dense(6, 4)])
+
+
+@pytest.mark.parametrize("mode", ["graph", "pynative"])
+def test_moving_statistics_update_in_place_under_the_ema_step(request, mode):
+    """The kernel writes the moving statistics itself, declared to MindSpore as a write of those inputs.
+    Undeclared, graph mode handed the kernel a copy when the EMA update also read them: they stayed at
+    0 / 1 and validation scored chance. After TrainStep with EMA, the moving statistics and their EMA
+    copies must be nn.BatchNorm2d's."""
+    from mindcv_mnv2.engine.train_step import TrainStep
+    from mindcv_mnv2.optim import create_loss, create_optimizer
+
+    request.getfixturevalue(mode)
+    rng = np.random.default_rng(5)
+    batches = [((rng.standard_normal((4, 3, 6, 6)) * 2 + 0.5).astype(np.float32),
+                rng.integers(0, 4, 4).astype(np.int32)) for _ in range(2)]
+    state = {}
+    for kind in ("native", "fast"):
+        ms.set_seed(7)
+        net = _Tiny()
+        if kind == "fast":
+            assert swap_batchnorm(net) == 2
+        opt = create_optimizer(net.trainable_params(), "momentum", np.full(4, 0.01, np.float32), momentum=0.9)
+        step = TrainStep(net, create_loss("CE", 4, 0.0), opt, ema_decay=0.5)
+        step.set_train(True)
+        for x, y in batches:
+            step(ms.Tensor(x), ms.Tensor(y))
+        state[kind] = {p.name: p.asnumpy() for p in step.get_parameters() if "moving" in p.name}
+    assert sorted(state["fast"]) == sorted(state["native"]) and len(state["native"]) == 8  # and EMA copies
+    for name, want in state["native"].items():  # rounding of two float32 updates
+        np.testing.assert_allclose(state["fast"][name], want, rtol=1e-5, atol=1e-6, err_msg=name)
+    assert np.abs(state["native"]["1.moving_mean"]).max() > 0.01  # the statistics really moved from 0
+
+
 def test_swap_keeps_parameters_names_and_order():
     """52 BatchNorms swapped (35 with their ReLU6 fused); the network's Parameters are the same objects,
     names and order, so checkpoints, optimizer slots and MindCV's files are unchanged."""

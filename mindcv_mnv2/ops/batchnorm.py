@@ -21,8 +21,24 @@ def _cell_classes():
     """(AotBatchNorm, FusedReLU6) classes, built lazily so importing this module needs no MindSpore."""
     import numpy as np
     from mindspore import Tensor, nn, ops
+    from mindspore.ops import signature as sig
 
     lib = str(build_library())
+
+    class BnForward(ops.Custom):
+        """The forward custom op, declared to MindSpore as writing its inputs 4 and 5 (the moving statistics).
+
+        Undeclared, graph mode handed the kernel a copy where the EMA update also read them
+        (tests/test_fast_batchnorm.py).
+        """
+
+        __mindspore_signature__ = (sig.make_sig("x"), sig.make_sig("gamma"), sig.make_sig("beta"), sig.make_sig("eps"),
+                                   sig.make_sig("moving_mean", sig.sig_rw.RW_WRITE),
+                                   sig.make_sig("moving_var", sig.sig_rw.RW_WRITE), sig.make_sig("batch_weight"))
+
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            self.add_prim_attr("side_effect_mem", True)
 
     class AotBatchNormOp(nn.Cell):
         """(y, batch mean, batch biased var) = BN(x) (+ ReLU6); bprop calls the C++ backward."""
@@ -30,19 +46,21 @@ def _cell_classes():
         def __init__(self, relu6: bool) -> None:
             super().__init__()
             act = "Relu6" if relu6 else ""
-            self.fwd = ops.Custom(f"{lib}:BnTrainForward{act}",
-                                  out_shape=lambda xs, gs, bs, es: (xs, gs, gs),
-                                  out_dtype=lambda xt, gt, bt, et: (xt, xt, xt), func_type="aot")
+            # the forward also updates the moving statistics (its inputs 4 and 5) in place
+            self.fwd = BnForward(f"{lib}:BnTrainForward{act}",
+                                 out_shape=lambda xs, gs, bs, es, mms, mvs, ws: (xs, gs, gs),
+                                 out_dtype=lambda xt, gt, bt, et, mmt, mvt, wt: (xt, xt, xt), func_type="aot")
             self.bwd = ops.Custom(f"{lib}:BnTrainBackward{act}",
                                   out_shape=lambda xs, gs, ms_, vs, ys, ds, es: (xs, gs, gs),
                                   out_dtype=lambda xt, gt, mt, vt, yt, dt, et: (xt, xt, xt), func_type="aot")
 
-        def construct(self, x, gamma, beta, eps):
-            return self.fwd(x, gamma, beta, eps)
+        def construct(self, x, gamma, beta, eps, moving_mean, moving_var, batch_weight):
+            return self.fwd(x, gamma, beta, eps, moving_mean, moving_var, batch_weight)
 
-        def bprop(self, x, gamma, beta, eps, out, dout):
+        def bprop(self, x, gamma, beta, eps, moving_mean, moving_var, batch_weight, out, dout):
             dx, dgamma, dbeta = self.bwd(x, gamma, out[1], out[2], out[0], dout[0], eps)
-            return dx, dgamma, dbeta, ops.zeros_like(eps)
+            return (dx, dgamma, dbeta, ops.zeros_like(eps), ops.zeros_like(moving_mean), ops.zeros_like(moving_var),
+                    ops.zeros_like(batch_weight))
 
     shared_ops = {}
 
@@ -57,20 +75,16 @@ def _cell_classes():
             # the replaced layer's Parameters, in its order: same names, values, optimizer slots, checkpoints
             self.moving_mean, self.moving_variance = bn.moving_mean, bn.moving_variance
             self.gamma, self.beta = bn.gamma, bn.beta
-            # nn.BatchNorm2d(momentum=0.9) stores 1 - 0.9: the weight of the batch statistics
-            self.eps, self.batch_weight, self.relu6 = float(bn.eps), float(bn.momentum), bool(relu6)
+            self.eps, self.relu6 = float(bn.eps), bool(relu6)
             self.eps_t = Tensor(np.array([bn.eps], np.float32))
+            # nn.BatchNorm2d(momentum=0.9) stores 1 - 0.9: the weight of the batch statistics
+            self.batch_weight_t = Tensor(np.array([bn.momentum], np.float32))
 
         def construct(self, x):
             if self.training:
-                y, mean, var = self.op(x, self.gamma, self.beta, self.eps_t)
-                m = x.shape[0] * x.shape[2] * x.shape[3]
-                w = self.batch_weight
-                # nn.BatchNorm2d's rule: moving = (1 - w) * moving + w * batch, the variance unbiased
-                ops.assign(self.moving_mean, self.moving_mean * (1.0 - w) + ops.stop_gradient(mean) * w)
-                ops.assign(self.moving_variance, self.moving_variance * (1.0 - w)
-                           + ops.stop_gradient(var) * (m / max(m - 1, 1) * w))
-                return y
+                # the kernel updates the moving statistics by nn.BatchNorm2d's rule (batchnorm.cc)
+                return self.op(x, self.gamma, self.beta, self.eps_t, self.moving_mean, self.moving_variance,
+                               self.batch_weight_t)[0]
             scale = self.gamma / ops.sqrt(self.moving_variance + self.eps)
             shift = self.beta - self.moving_mean * scale
             y = x * scale.reshape((1, -1, 1, 1)) + shift.reshape((1, -1, 1, 1))
