@@ -8,8 +8,9 @@ For each case, in one child process: build the network (random init), save it wi
 (ONNX, dynamic batch), then time the forward pass of the SAME weights both ways on one fixed
 batch: ``EvalNet`` (what validate.py and the trainer's validation call, graph mode, jit O0; on CPU,
 where ``depthwise_kernel: auto`` picks the C++ kernels, BatchNorm folded and the network run on the
-C++ inference kernels of mindcv_mnv2.ops.folded) and an onnxruntime ``InferenceSession`` (CPU provider, default graph optimisations, 2 intra-op
-threads, spinning off so its idle threads do not steal the cores from the other contender).
+C++ inference kernels of mindcv_mnv2.ops.folded) and an onnxruntime ``InferenceSession`` (CPU
+provider, default graph optimisations, 2 intra-op threads, spinning off so its idle threads do not
+steal the cores from the other contender).
 Timed in interleaved blocks (MindSpore k runs, ORT k runs, repeated); medians per batch. The
 logits of both are compared (max abs difference) as a correctness check.
 

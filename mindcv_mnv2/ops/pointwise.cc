@@ -1,8 +1,9 @@
 // Convolutions as packed matrix products with a fused epilogue, for inference with BatchNorm folded
 // (NCHW, float32): the 1x1 convolutions of MobileNetV2 (y = W x per image, W Cout x Cin) and its 3x3
 // stem (the same 6 x 16 register tiles, reading their 27 rows of B in place from padded planes),
-// each followed in the same pass by + bias, then ReLU6 (ACT 2), then + a residual (RES). MindSpore's CPU Conv2D (oneDNN on NCHW) plus a
-// separate epilogue pass over each activation took ~2/3 of the folded network's time.
+// each followed in the same pass by + bias, then ReLU6 (ACT 2), then + a residual (RES). MindSpore's
+// CPU Conv2D (oneDNN on NCHW) plus a separate epilogue pass over each activation took ~2/3 of the
+// folded network's time.
 // A whole inverted-residual block (expand 1x1, depthwise 3x3, project 1x1 [+ input]) also runs as one
 // operator, image by image, so its expanded activations stay in cache instead of going to memory.
 // Signature as in depthwise.cc (MindSpore AOT custom operators). Each output element is computed by
@@ -97,6 +98,7 @@ void pack_b(const float *x, int64_t k, int64_t p_total, int64_t p0, int64_t nc, 
   }
 }
 
+// One MR x NR tile of C = A B over k, then the epilogue; rows/cols below MR/NR mark an edge tile.
 // brow(kk): the NR floats of row kk of B (a packed strip, or a row of the input read in place).
 template <int ACT, bool RES, class BRow, bool STREAM = false>
 inline void tile_rows(const float *ap, BRow brow, int64_t k, const float *bias, float *c, const float *r,
@@ -211,7 +213,8 @@ void conv_gemm(const float *x, const float *wt, const float *bias, const float *
       for (int64_t j = 0; j < jb; ++j)
         for (int64_t g = 0; g < groups; ++g)
           gemm_block<ACT, RES>(x + img * k * p, pk.a, pk.bias, RES ? res + img * cout * p : nullptr,
-                               y + img * cout * p, k, cout, p, j * nc, nc, g * per_group, std::min(rb, (g + 1) * per_group), bp);
+                               y + img * cout * p, k, cout, p, j * nc, nc, g * per_group,
+                               std::min(rb, (g + 1) * per_group), bp);
   }
 }
 
