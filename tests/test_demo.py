@@ -18,9 +18,10 @@ def test_demo_runs_end_to_end(tmp_path):
     if not os.path.isfile(os.path.join(FASHION_MNIST_SOURCE, "train-images-idx3-ubyte.gz")):
         pytest.skip(f"Fashion-MNIST IDX files not in {FASHION_MNIST_SOURCE} (apt-get install dataset-fashion-mnist)")
     run_dir = tmp_path / "run"
-    # 4,096 images for 2 epochs (64 steps): the recipe's own settings otherwise. Measured 52.0% and 55.2%
-    # top-1 (ONEDNN_MAX_CPU_ISA unset / SSE41); fewer steps leave eval-mode BatchNorm statistics behind
-    # the weights (1 epoch of 6,400 images: 15-17% top-1 at a training loss of 1.5).
+    # 4,096 images for 2 epochs (128 steps of 64): the recipe's own settings otherwise. Measured 75.0% and
+    # 77.4% top-1 (ONEDNN_MAX_CPU_ISA unset / SSE41; 52-55% at the earlier batch 128); far fewer steps
+    # leave eval-mode BatchNorm statistics behind the weights (1 epoch of 6,400 images at batch 128:
+    # 15-17% top-1 at a training loss of 1.5).
     proc = subprocess.run([sys.executable, "-m", "mindcv_mnv2.tools.demo", "--data_dir", str(tmp_path / "fm"),
                            "--run_dir", str(run_dir), "--limit_train", "4096", "--limit_val", "500", "--epochs", "2"],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -28,7 +29,9 @@ def test_demo_runs_end_to_end(tmp_path):
     out = proc.stdout
     assert "[1/3]" in out and "[2/3]" in out and "[3/3]" in out
     losses = [float(x) for x in re.findall(r"epoch \d/2: loss ([\d.]+) ", out)]
-    assert len(losses) == 2 and losses[1] < 0.7 * losses[0], losses  # measured 0.43-0.46; chance-level 2.30
+    # second / first epoch's mean loss: measured 0.64 under both ISAs (label smoothing 0.1 keeps the
+    # loss above ~0.5); a run that does not learn stays near 1 at chance level 2.30
+    assert len(losses) == 2 and losses[1] < 0.75 * losses[0], losses
     assert re.search(r"epoch 2/2: loss [\d.]+ .* val: top-1 [\d.]+%", out)
     done = re.search(r"demo done in \d+ s: top-1 ([\d.]+)%, top-5 ([\d.]+)% on 500 Fashion-MNIST test images", out)
     assert done, out[-2000:]

@@ -281,7 +281,6 @@ def _weights(path):
     return extract_model_state(tensors, use_ema=False), meta
 
 
-@pytest.mark.slow
 def _wait_for_step_of_epoch(run_dir, epoch, proc, timeout=240):
     """Until metrics.jsonl has a step record of ``epoch``: the run is inside that epoch."""
     end = time.time() + timeout
@@ -296,6 +295,7 @@ def _wait_for_step_of_epoch(run_dir, epoch, proc, timeout=240):
     raise AssertionError(f"no step of epoch {epoch} within {timeout} s")
 
 
+@pytest.mark.slow
 def test_kill9_then_resume_matches_uninterrupted(fm, tmp_path):
     common = FAST + ["--data_dir", str(fm), "--epoch_size", "2", "--decay_epochs", "2"]
     ref = subprocess.run(TRAIN + common + ["--ckpt_save_dir", str(tmp_path / "ref")], cwd=ROOT,
@@ -340,13 +340,9 @@ def test_signal_saves_resumable_checkpoint(sig, fm, tmp_path):
     _, meta = _weights(saved)
     ts = meta["train_state"]
     assert ts["global_step"] == ts["epoch"] * 20 + ts["step_in_epoch"] > 0
-    if sig == signal.SIGTERM:
-        return  # resuming from the saved file is the same path for both signals; it runs once
-    resumed = subprocess.run(TRAIN + common + ["--resume", str(run_dir)], cwd=ROOT, capture_output=True, text=True,
-                             timeout=600)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    _, meta = _weights(run_dir / "mobilenet_v2_035-2_20.ckpt")
-    assert meta["train_state"]["global_step"] == 40
+    # Resuming is not run again here: test_engine resumes an interrupt checkpoint mid-epoch and
+    # ends bit for bit on the uninterrupted run, and test_kill9_then_resume_matches_uninterrupted
+    # runs `--resume` through train.py in a new process.
 
 
 _WRITER = """
