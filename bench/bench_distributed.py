@@ -43,8 +43,8 @@ def main(argv=None) -> int:
         return 1
     n = 256 if args.quick else 12800
     reps = 1 if args.quick else args.reps
-    ov = {"device_target": "CPU", "batch_size": 128, "epoch_size": 1, "warmup_epochs": 0, "decay_epochs": 1, "val_while_train": False,
-          "log_interval": 1, "num_samples": n}
+    ov = {"device_target": "CPU", "batch_size": 128, "epoch_size": 1, "warmup_epochs": 0, "decay_epochs": 1,
+          "val_while_train": False, "log_interval": 1, "num_samples": n}
     env = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1", "GLOG_v": "3"}
     scratch = RESULTS / "tmp"
     scratch.mkdir(parents=True, exist_ok=True)

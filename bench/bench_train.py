@@ -50,7 +50,8 @@ def cases(quick: bool):
     fm = fashion_folder()
     if fm is not None:
         out.append(("fashion_mnist_0.35@32_bs128", "configs/mobilenet_v2_0.35_fashion_mnist_cpu.yaml", str(fm),
-                    {**cpu, "batch_size": 128, "num_samples": 128 * 12, "output_stride": 32}))  # MindCV has no output_stride
+                    # MindCV has no output_stride
+                    {**cpu, "batch_size": 128, "num_samples": 128 * 12, "output_stride": 32}))
     else:
         print("data/fashion_mnist missing (python -m mindcv_mnv2.tools.prepare_fashion_mnist): case skipped",
               file=sys.stderr)
