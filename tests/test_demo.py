@@ -31,7 +31,7 @@ def test_demo_runs_end_to_end(tmp_path):
     losses = [float(x) for x in re.findall(r"epoch \d/2: loss ([\d.]+) ", out)]
     # second / first epoch's mean loss: measured 0.64 under both ISAs (label smoothing 0.1 keeps the
     # loss above ~0.5); a run that does not learn stays near 1 at chance level 2.30
-    assert len(losses) == 2 and losses[1] < 0.75 * losses[0], losses
+    assert len(losses) == 2 and losses[1] < 0.7 * losses[0], losses
     assert re.search(r"epoch 2/2: loss [\d.]+ .* val: top-1 [\d.]+%", out)
     done = re.search(r"demo done in \d+ s: top-1 ([\d.]+)%, top-5 ([\d.]+)% on 500 Fashion-MNIST test images", out)
     assert done, out[-2000:]
