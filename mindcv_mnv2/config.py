@@ -19,8 +19,9 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import yaml
 
-from .constants import (AUTO_AUGMENT_PREFIXES, CPU_ISA_CHOICES, DEFAULT_CROP_PCT, DEFAULT_DROP_RATE, DEFAULT_INTERPOLATION,
-                        DEPTHWISE_KERNELS, INTERPOLATIONS, OPTIMIZERS, OUTPUT_STRIDES, PADDINGS, SCHEDULERS,
+from .constants import (AUTO_AUGMENT_PREFIXES, CPU_ISA_CHOICES, DATA_CACHE_CHOICES, DEFAULT_CROP_PCT,
+                        DEFAULT_DROP_RATE, DEFAULT_INTERPOLATION, DEPTHWISE_KERNELS, INTERPOLATIONS, OPTIMIZERS,
+                        OUTPUT_STRIDES, PADDINGS, SCHEDULERS,
                         WEIGHT_DECAY_FILTERS)
 
 
@@ -59,6 +60,10 @@ class Config:
     val_split: str = _f("val", "validation sub-folder of data_dir [data.create_loader]")
     dataset_download: bool = _f(False, "kept for MindCV recipes; must be False (nothing is downloaded)")
     num_parallel_workers: int = _f(8, "data-pipeline worker threads per process [data.create_loader]")
+    data_cache: str = _f("auto", "training images decoded once into RAM and flipped/normalised per batch in numpy "
+                                 "when the recipe only flips (no random crop or colour ops), images already have "
+                                 "image_resize px and the split fits a quarter of free RAM; off = per-image "
+                                 "MindSpore pipeline always [data.create_loader]", DATA_CACHE_CHOICES)
     shuffle: bool = _f(True, "shuffle the training set every epoch [data.create_loader]")
     num_samples: Optional[int] = _f(None, "use only this many training images (None = all) [data.create_loader]")
     batch_size: int = _f(128, "images per device per step; global batch = batch_size x devices [data.create_loader]")

@@ -31,3 +31,4 @@ OPTIMIZERS: Tuple[str, ...] = ("momentum", "sgd", "rmsprop", "adam", "adamw")
 SCHEDULERS: Tuple[str, ...] = ("constant", "cosine_decay", "exponential_decay", "step_decay", "multi_step_decay")
 WEIGHT_DECAY_FILTERS: Tuple[str, ...] = ("disable", "auto", "norm_and_bias")
 AUTO_AUGMENT_PREFIXES: Tuple[str, ...] = ("randaug", "autoaug", "autoaugr", "trivialaugwide")
+DATA_CACHE_CHOICES: Tuple[str, ...] = ("auto", "off")  # data.create_loader: decoded-in-memory training batches

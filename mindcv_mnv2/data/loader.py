@@ -3,7 +3,9 @@
 Source: a random-access Python object that returns each file's ENCODED bytes
 (``np.fromfile``, read by one thread) and its label; all decoding and augmentation run as C++
 vision ops in one ``.map`` with ``num_parallel_workers`` threads. The only Python after that is
-one numpy call per BATCH for random erasing and Mixup/CutMix when they are on.
+one numpy call per BATCH for random erasing and Mixup/CutMix when they are on. With
+``data_cache="auto"`` a training split that only needs flips and normalising is instead decoded
+once into memory and served by :class:`mindcv_mnv2.data.memory.DecodedBatches` (same sampler).
 
 Sample order is decided by :class:`ShardSampler`, not by MindSpore's samplers:
 
@@ -180,8 +182,13 @@ def create_loader(images: Union[ImageList, str], batch_size: int, is_training: b
                   num_samples: Optional[int] = None, shard_id: int = 0, num_shards: int = 1, seed: int = 42,
                   num_classes: Optional[int] = None, mixup: float = 0.0, cutmix: float = 0.0,
                   cutmix_prob: float = 1.0, mixup_switch_prob: float = 0.5, label_smoothing: float = 0.0,
-                  split: Optional[str] = None, image_size: int = 224) -> Loader:
-    """Batched (image float32 NCHW, label) pipeline over an ImageList (or a data_dir + split)."""
+                  split: Optional[str] = None, image_size: int = 224, data_cache: str = "off") -> Loader:
+    """Batched (image float32 NCHW, label) pipeline over an ImageList (or a data_dir + split).
+
+    ``data_cache="auto"`` (training only) serves batches from images decoded into memory when
+    :func:`mindcv_mnv2.data.memory.batch_plan` accepts the transforms and the split fits; else,
+    and with ``"off"``, the per-image MindSpore pipeline below.
+    """
     import mindspore.dataset as ds
 
     if isinstance(images, (str, os.PathLike)):
@@ -227,16 +234,41 @@ def create_loader(images: Union[ImageList, str], batch_size: int, is_training: b
     # sleeps 0.1 s whenever the next worker's queue is momentarily empty, which capped 32 px
     # Fashion-MNIST at ~500 img/s (vs ~7000 with one). A single thread reading bytes inline keeps
     # up with far more images per second than the decode map can process, even for 512 px photos.
-    dataset = ds.GeneratorDataset(EncodedImages(files, labels), column_names=["image", "label"], sampler=sampler,
+    batch_ops = BatchOps(erasing, mixer) if erasing is not None or mixer is not None else None
+    dataset = None
+    if is_training and data_cache == "auto":
+        dataset = _decoded_batches(EncodedImages(files, labels), per_image, images, num_shards, workers,
+                                   sampler=sampler, batch_size=int(batch_size), drop_remainder=bool(drop_remainder),
+                                   seed=int(seed), shard_id=int(shard_id), batch_ops=batch_ops)
+    elif data_cache not in ("auto", "off"):
+        raise DataError(f"data_cache {data_cache!r} must be 'auto' or 'off'")
+    if dataset is None:
+        dataset = ds.GeneratorDataset(EncodedImages(files, labels), column_names=["image", "label"], sampler=sampler,
+                                      num_parallel_workers=1, python_multiprocessing=False)
+        dataset = dataset.map(operations=per_image, input_columns="image", num_parallel_workers=workers)
+        dataset = dataset.batch(int(batch_size), drop_remainder=bool(drop_remainder))
+        if batch_ops is not None:
+            dataset = dataset.map(operations=batch_ops, input_columns=["image", "label"],
                                   num_parallel_workers=1, python_multiprocessing=False)
-    dataset = dataset.map(operations=per_image, input_columns="image", num_parallel_workers=workers)
-    dataset = dataset.batch(int(batch_size), drop_remainder=bool(drop_remainder))
-    if erasing is not None or mixer is not None:
-        dataset = dataset.map(operations=BatchOps(erasing, mixer), input_columns=["image", "label"],
-                              num_parallel_workers=1, python_multiprocessing=False)
     return Loader(dataset=dataset, num_images=count, steps_per_epoch=steps, class_names=list(images.class_names),
                   num_images_total=n, batch_size=int(batch_size), shard_id=int(shard_id), num_shards=int(num_shards),
                   files=files, labels=labels, soft_labels=soft, sampler=sampler)
+
+
+def _decoded_batches(source: EncodedImages, per_image: Sequence[Any], images: ImageList, num_shards: int,
+                     workers: int, **kwargs: Any):
+    from .memory import try_decoded_batches
+
+    try:
+        dataset, why = try_decoded_batches(source, per_image, num_shards, workers, **kwargs)
+    except RuntimeError as exc:
+        err = pipeline_error(exc, images.root, images.split)
+        if err is None:
+            raise
+        raise err from None
+    if dataset is None:
+        log.info("data_cache auto: per-image MindSpore pipeline (%s)", why)
+    return dataset
 
 
 def pipeline_error(exc: BaseException, root: str, split: str) -> Optional[DataError]:

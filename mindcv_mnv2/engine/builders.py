@@ -65,7 +65,8 @@ def build_train_loader(cfg: Config, dist: DistInfo):
                            num_parallel_workers=cfg.num_parallel_workers, num_samples=cfg.num_samples,
                            shard_id=dist.rank, num_shards=dist.world, seed=cfg.seed, num_classes=num_classes,
                            mixup=cfg.mixup, cutmix=cfg.cutmix, cutmix_prob=cfg.cutmix_prob,
-                           mixup_switch_prob=cfg.mixup_switch_prob, label_smoothing=cfg.label_smoothing)
+                           mixup_switch_prob=cfg.mixup_switch_prob, label_smoothing=cfg.label_smoothing,
+                           data_cache=cfg.data_cache)
     loader.skipped = list(images.skipped)  # reported in the epoch summaries
     if loader.steps_per_epoch < 1:
         raise ConfigError(f"batch_size: {cfg.batch_size} x {dist.world} device(s) is larger than the "
