@@ -120,13 +120,19 @@ def test_train_quick():
 
 
 def test_data_quick():
-    """Project loader (1 and 2 workers) and the PIL+numpy baseline deliver images."""
+    """Project loader (1, 2 workers; from memory for the demo recipe) and the PIL+numpy baseline deliver images."""
     _photos_or_skip()
     data = _quick("bench_data.py")
     names = [c["case"] for c in data["cases"]]
     assert names[:2] == ["photos_train_224", "photos_val_224"]
     for case in data["cases"]:
-        for contender in ("project_1_worker", "project_2_workers", "pil_numpy_1_thread"):
+        contenders = set(case["summary"])
+        assert {"project_2_workers", "pil_numpy_1_thread"} <= contenders, case["case"]
+        if case["case"] == "fashion_mnist_demo_train_32":
+            assert "project_data_cache" in contenders
+        else:
+            assert "project_1_worker" in contenders, case["case"]
+        for contender in contenders:
             assert _positive(case["summary"][contender]["img_per_s"]), (case["case"], contender)
 
 

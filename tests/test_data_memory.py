@@ -42,7 +42,8 @@ def test_plan_accepts_flips_and_normalise_only():
     plan, why = memory.batch_plan(train_ops(hflip=0.5, vflip=0.25))
     assert plan == memory.BatchPlan(S, 0.5, 0.25, MEAN, STD) and why == ""
     for kw, culprit in (({"scale": (0.08, 1.0)}, "random crops"), ({"ratio": (0.75, 1.33)}, "random crops"),
-                        ({"color_jitter": 0.4}, "RandomColorAdjust"), ({"auto_augment": "randaug-m9-n2"}, "RandAugment")):
+                        ({"color_jitter": 0.4}, "RandomColorAdjust"),
+                        ({"auto_augment": "randaug-m9-n2"}, "RandAugment")):
         plan, why = memory.batch_plan(train_ops(**kw))
         assert plan is None and culprit in why, (kw, why)
     from mindcv_mnv2.data import create_transforms
