@@ -60,10 +60,10 @@ class Config:
     val_split: str = _f("val", "validation sub-folder of data_dir [data.create_loader]")
     dataset_download: bool = _f(False, "kept for MindCV recipes; must be False (nothing is downloaded)")
     num_parallel_workers: int = _f(8, "data-pipeline worker threads per process [data.create_loader]")
-    data_cache: str = _f("auto", "training images decoded once into RAM and flipped/normalised per batch in numpy "
-                                 "when the recipe only flips (no random crop or colour ops), images already have "
-                                 "image_resize px and the split fits a quarter of free RAM; off = per-image "
-                                 "MindSpore pipeline always [data.create_loader]", DATA_CACHE_CHOICES)
+    data_cache: str = _f("off", "auto = training images decoded once into RAM and flipped/normalised per batch in "
+                                "numpy when the recipe only flips (no random crop or colour ops), images already "
+                                "have image_resize px and the split fits a quarter of free RAM; off = the per-image "
+                                "MindSpore pipeline [data.create_loader]", DATA_CACHE_CHOICES)
     shuffle: bool = _f(True, "shuffle the training set every epoch [data.create_loader]")
     num_samples: Optional[int] = _f(None, "use only this many training images (None = all) [data.create_loader]")
     batch_size: int = _f(128, "images per device per step; global batch = batch_size x devices [data.create_loader]")
@@ -272,6 +272,9 @@ def _to_scalar(v: Any, typ: type, key: str) -> Any:
     if typ is str:
         if isinstance(v, str):
             return v
+        if isinstance(v, bool):  # YAML 1.1 reads unquoted off/on/yes/no as booleans
+            raise ConfigError(f"{key}: expected a string, got {v!r} (YAML reads unquoted off/on/yes/no as "
+                              f"booleans); quote it, e.g. {key}: '{'on' if v else 'off'}'")
         raise ConfigError(f"{key}: expected a string, got {v!r} ({type(v).__name__})")
     raise TypeError(typ)  # pragma: no cover - schema bug
 

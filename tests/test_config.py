@@ -149,6 +149,11 @@ def test_wrong_type_in_yaml(tmp_path):
     recipe.write_text("- a list\n")
     with pytest.raises(ConfigError, match="mapping"):
         parse(["-c", str(recipe)])
+    recipe.write_text("data_cache: off\n")  # YAML 1.1: an unquoted off is the boolean False
+    with pytest.raises(ConfigError, match="data_cache: expected a string.*quote it, e.g. data_cache: 'off'"):
+        parse(["-c", str(recipe)])
+    recipe.write_text("data_cache: 'auto'\n")
+    assert parse(["-c", str(recipe)]).data_cache == "auto"
 
 
 def test_config_is_immutable_and_replace_validates():
