@@ -136,7 +136,7 @@ def test_falls_back_with_a_reason_it_logs(fm, tiny_imagefolder, caplog, monkeypa
     monkeypatch.setattr(memory, "available_memory", lambda: None)
     assert not isinstance(loader(fm, "auto").dataset, memory.DecodedBatches)
     assert not isinstance(loader(fm, "off").dataset, memory.DecodedBatches)
-    with pytest.raises(DataError, match="data_cache 'memory' must be 'auto' or 'off'"):
+    with pytest.raises(DataError, match="data_cache 'memory' must be one of auto, off"):
         loader(fm, "memory")
 
 

@@ -37,6 +37,7 @@ from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from ..constants import DATA_CACHE_CHOICES
 from .folder import DataError, ImageList, scan_image_folder
 from .mixup import Mixup
 from .transforms import RandomErasing, create_transforms
@@ -240,8 +241,8 @@ def create_loader(images: Union[ImageList, str], batch_size: int, is_training: b
         dataset = _decoded_batches(EncodedImages(files, labels), per_image, images, num_shards, workers,
                                    sampler=sampler, batch_size=int(batch_size), drop_remainder=bool(drop_remainder),
                                    seed=int(seed), shard_id=int(shard_id), batch_ops=batch_ops)
-    elif data_cache not in ("auto", "off"):
-        raise DataError(f"data_cache {data_cache!r} must be 'auto' or 'off'")
+    elif data_cache not in DATA_CACHE_CHOICES:
+        raise DataError(f"data_cache {data_cache!r} must be one of {', '.join(DATA_CACHE_CHOICES)}")
     if dataset is None:
         dataset = ds.GeneratorDataset(EncodedImages(files, labels), column_names=["image", "label"], sampler=sampler,
                                       num_parallel_workers=1, python_multiprocessing=False)
