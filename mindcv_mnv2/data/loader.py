@@ -235,14 +235,14 @@ def create_loader(images: Union[ImageList, str], batch_size: int, is_training: b
     # sleeps 0.1 s whenever the next worker's queue is momentarily empty, which capped 32 px
     # Fashion-MNIST at ~500 img/s (vs ~7000 with one). A single thread reading bytes inline keeps
     # up with far more images per second than the decode map can process, even for 512 px photos.
+    if data_cache not in DATA_CACHE_CHOICES:
+        raise DataError(f"data_cache {data_cache!r} must be one of {', '.join(DATA_CACHE_CHOICES)}")
     batch_ops = BatchOps(erasing, mixer) if erasing is not None or mixer is not None else None
     dataset = None
     if is_training and data_cache == "auto":
         dataset = _decoded_batches(EncodedImages(files, labels), per_image, images, num_shards, workers,
-                                   sampler=sampler, batch_size=int(batch_size), drop_remainder=bool(drop_remainder),
-                                   seed=int(seed), shard_id=int(shard_id), batch_ops=batch_ops)
-    elif data_cache not in DATA_CACHE_CHOICES:
-        raise DataError(f"data_cache {data_cache!r} must be one of {', '.join(DATA_CACHE_CHOICES)}")
+                                   sampler=sampler, batch_size=int(batch_size), steps=steps, seed=int(seed),
+                                   shard_id=int(shard_id), batch_ops=batch_ops)
     if dataset is None:
         dataset = ds.GeneratorDataset(EncodedImages(files, labels), column_names=["image", "label"], sampler=sampler,
                                       num_parallel_workers=1, python_multiprocessing=False)
