@@ -2,16 +2,18 @@
 
 oneDNN picks its code path from the CPU, and on AVX-512 machines its AVX-512 kernels ran
 MobileNetV2's convolutions and BatchNorm 1.5-4.6x slower than its AVX2 ones (measured on an AMD
-EPYC, family 25 model 17; issue "Fast on every CPU"). ``ONEDNN_MAX_CPU_ISA`` caps the code path;
+EPYC, family 25 model 17; issue "Fast on every CPU"). On a Zen 5 EPYC (family 26 model 2) the 1x1
+convolutions were as fast or faster with AVX-512, but the 3x3 stride-2 stem ran 10-20x slower, and the
+training step 0.4-0.6x the speed it had capped at AVX2. ``ONEDNN_MAX_CPU_ISA`` caps the code path;
 oneDNN reads it when it creates its first kernel, so it is set here before a run executes anything.
 
 Who decides, first match wins:
 1. ``ONEDNN_MAX_CPU_ISA`` in the environment (the user's);
 2. the recipe key ``cpu_isa`` when it names a cap;
 3. ``cpu_isa: auto``: with only one code path worth trying (AVX2 machines: capping lower is never
-   faster) nothing is measured; otherwise each candidate runs a small probe (1x1 convolution,
-   BatchNorm and ReLU6, forward and backward, as in MobileNetV2's blocks) in a child process, once
-   per machine, and the fastest is cached next to the kernel build cache, keyed by the CPU's model
+   faster) nothing is measured; otherwise each candidate runs a small probe (the stem convolution, 1x1
+   convolutions, BatchNorm and ReLU6, forward and backward, as in MobileNetV2) in a child process, once
+   per machine and probe version, and the fastest is cached next to the kernel build cache, keyed by the CPU's model
    and flags. Results agree to float rounding whatever the cap (the test suite runs under several).
 """
 from __future__ import annotations
@@ -33,6 +35,9 @@ ENV = "ONEDNN_MAX_CPU_ISA"
 DEFAULT = "DEFAULT"  # no cap: oneDNN's own choice
 PROBE_TIMEOUT_S = 300.0
 PROBE = Path(__file__).resolve().with_name("isa_probe.py")  # run by path: it imports no project code
+# Bumped whenever the probe changes, so that a choice cached by an older probe is measured again
+# (version 1 left out the stem convolution and chose wrongly on a Zen 5 EPYC).
+PROBE_VERSION = 2
 
 log = logging.getLogger("mindcv_mnv2")
 
@@ -116,7 +121,8 @@ def _auto() -> Decision:
     path = _cache_file()
     try:
         cached = json.loads(path.read_text())
-        if cached.get("signature") == _cpu_signature() and cached.get("cap") in cands:
+        if (cached.get("signature") == _cpu_signature() and cached.get("probe") == PROBE_VERSION
+                and cached.get("cap") in cands):
             return Decision(cached["cap"], f"fastest on this CPU ({_timings(cached['ms'])}), measured once, "
                                            f"cached in {path}")
     except (OSError, ValueError):
@@ -133,7 +139,7 @@ def _auto() -> Decision:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"cap": best, "ms": timings, "signature": _cpu_signature(),
+        tmp.write_text(json.dumps({"cap": best, "ms": timings, "probe": PROBE_VERSION, "signature": _cpu_signature(),
                                    "time": time.strftime("%Y-%m-%d %H:%M:%S")}))
         os.replace(tmp, path)  # several ranks may measure at once; the last rename wins, all agree
         where = f"cached in {path}"
