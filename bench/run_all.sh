@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 py=.venv/bin/python
 mkdir -p bench/results/logs
 names=("$@")
-[ ${#names[@]} -eq 0 ] && names=(train train_step data eval latency settings aot_depthwise distributed tensorboard)
+[ ${#names[@]} -eq 0 ] && names=(train train_step data eval latency settings aot_depthwise isa_ops distributed tensorboard)
 status=0
 for n in "${names[@]}"; do
   echo "== $n  (load $(cut -d' ' -f1-3 /proc/loadavg))"

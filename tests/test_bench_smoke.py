@@ -147,6 +147,15 @@ def test_eval_quick():
     assert case["max_abs_diff"] <= 1e-4 * case["logit_scale"]
 
 
+def test_isa_ops_quick():
+    """oneDNN's stem convolution and the cpu_isa probe, timed in child processes under two caps."""
+    data = _quick("bench_isa_ops.py")
+    assert data["caps"] == ["DEFAULT", "SSE41"]
+    for cap in data["caps"]:
+        summary = data["summary"][cap]
+        assert _positive(summary["probe_ms"]) and _positive(summary["layers"]["0.35@32 stem 3->16"]), cap
+
+
 def test_latency_quick():
     """Batch-1 latency row with TF-slim's MACs for 0.35 @ 96 (~11M)."""
     data = _quick("bench_latency.py")
