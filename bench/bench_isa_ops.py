@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -80,7 +81,7 @@ def run_cap(cap: str, args) -> dict:
     from _common import PROJECT_PY
     from mindcv_mnv2.ops import cpu_isa
 
-    env = {k: v for k, v in __import__("os").environ.items() if k != cpu_isa.ENV}
+    env = {k: v for k, v in os.environ.items() if k != cpu_isa.ENV}
     if cap != cpu_isa.DEFAULT:
         env[cpu_isa.ENV] = cap
     cmd = [str(PROJECT_PY), str(Path(__file__).resolve()), "--worker", "--iters", str(args.iters)]
