@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -59,20 +57,20 @@ def worker(layers, iters: int) -> dict:
         def construct(self, x):
             return self.grad(self.net, self.weights)(x)  # returned, so no gradient is pruned from the graph
 
+    from _common import median, time_blocks
+
+    def call(step, x):
+        grads = step(x)
+        for g in (grads if isinstance(grads, tuple) else (grads,)):
+            for t in (g if isinstance(g, tuple) else (g,)):
+                t.asnumpy()  # waits for the kernels
+
     out = {}
     for name, n, cin, cout, size, k, stride in layers:
         step = Step(Loss(cin, cout, k, stride), input_grad=cin != 3)  # the stem needs no input gradient
         x = ms.Tensor(np.random.default_rng(0).standard_normal((n, cin, size, size)).astype(np.float32))
-        times = []
-        for i in range(iters + 2):  # two warm-up calls: compilation, then first-touch allocation
-            t0 = time.perf_counter()
-            grads = step(x)
-            for g in (grads if isinstance(grads, tuple) else (grads,)):
-                for t in (g if isinstance(g, tuple) else (g,)):
-                    t.asnumpy()  # waits for the kernels
-            if i >= 2:
-                times.append(time.perf_counter() - t0)
-        out[name] = 1e3 * sorted(times)[len(times) // 2]
+        call(step, x)  # compilation; time_blocks's own warm-up call then pays the first-touch allocation
+        out[name] = 1e3 * median(time_blocks({name: lambda: call(step, x)}, 1, iters)[name])
     return out
 
 
@@ -81,13 +79,11 @@ def run_cap(cap: str, args) -> dict:
     from _common import PROJECT_PY
     from mindcv_mnv2.ops import cpu_isa
 
-    env = {k: v for k, v in os.environ.items() if k != cpu_isa.ENV}
-    if cap != cpu_isa.DEFAULT:
-        env[cpu_isa.ENV] = cap
     cmd = [str(PROJECT_PY), str(Path(__file__).resolve()), "--worker", "--iters", str(args.iters)]
     if args.quick:
         cmd.append("--quick")
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
+    # not _common.run_child: it merges into os.environ, which would put back a cap the user had set
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=cpu_isa.environ_for(cap), timeout=1800)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
         raise SystemExit(f"the {cap} worker failed:\n{proc.stderr[-2000:]}")
@@ -109,19 +105,13 @@ def main(argv=None) -> int:
         print(json.dumps(worker(layers, args.iters)), flush=True)
         return 0
 
-    from _common import loadavg, median, print_table, write_result
+    from _common import interleave, median, print_table, write_result
     from mindcv_mnv2.ops import cpu_isa
 
     flags = cpu_isa.cpu_flags()
     caps = [cpu_isa.DEFAULT, "SSE41"] if args.quick else cpu_isa.candidates(flags) + ["SSE41"]
     reps = 1 if args.quick else args.reps
-    runs = {cap: [] for cap in caps}
-    for _ in range(reps):
-        for cap in caps:
-            before = loadavg()[0]
-            r = run_cap(cap, args)
-            r["load_before"] = before
-            runs[cap].append(r)
+    runs = interleave({cap: (lambda cap=cap: run_cap(cap, args)) for cap in caps}, reps)
     summary = {cap: {"layers": {name: median(r["layers"][name] for r in rs) for name, *_ in layers},
                      "probe_ms": median(r["probe_ms"] for r in rs)} for cap, rs in runs.items()}
     base = caps[0]

@@ -28,6 +28,16 @@ def test_candidates_by_cpu():
     assert cpu_isa.candidates([]) == ["DEFAULT"]
 
 
+def test_child_environment_carries_exactly_the_cap(clean_env):
+    """Probe and bench children run under the cap asked for, not under one left in this process's environment."""
+    clean_env.setenv(cpu_isa.ENV, "SSE41")
+    clean_env.setenv("MNV2_MARKER", "kept")
+    assert cpu_isa.ENV not in cpu_isa.environ_for("DEFAULT")
+    env = cpu_isa.environ_for("AVX2")
+    assert env[cpu_isa.ENV] == "AVX2" and env["MNV2_MARKER"] == "kept"
+    assert os.environ[cpu_isa.ENV] == "SSE41"  # this process's own setting is left alone
+
+
 def test_environment_wins_over_recipe_and_auto(clean_env):
     clean_env.setattr(cpu_isa, "_USER_ENV", "SSE41")  # what the process started with
     for setting in ("auto", "AVX2"):

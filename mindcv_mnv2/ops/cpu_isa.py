@@ -82,14 +82,18 @@ def _apply(cap: str) -> None:
         os.environ[ENV] = cap
 
 
+def environ_for(cap: str) -> Dict[str, str]:
+    """A copy of this process's environment for a child that runs oneDNN under ``cap``."""
+    env = dict(os.environ)
+    env.pop(ENV, None)
+    if cap != DEFAULT:
+        env[ENV] = cap
+    return env
+
+
 def probe(cap: str) -> float:
     """Milliseconds per probe step with ``cap`` (a child process: the cap must be set before oneDNN starts)."""
-    env = dict(os.environ)
-    if cap == DEFAULT:
-        env.pop(ENV, None)
-    else:
-        env[ENV] = cap
-    proc = subprocess.run([sys.executable, str(PROBE)], capture_output=True, text=True, env=env,
+    proc = subprocess.run([sys.executable, str(PROBE)], capture_output=True, text=True, env=environ_for(cap),
                           timeout=PROBE_TIMEOUT_S)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
