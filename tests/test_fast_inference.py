@@ -52,8 +52,9 @@ def _check(got, want):
     assert err <= RTOL * scale, (err, scale)
 
 
-# (n, cin, cout, h, w): pixel counts that are and are not multiples of the 16-pixel tile, output
-# channels that are and are not multiples of the 6-row tile, one image (fewer images than threads:
+# (n, cin, cout, h, w): pixel counts that are and are not multiples of the 16- and 32-pixel tiles (and
+# at most 16 past one: the narrow tile), output channels that are and are not multiples of the 6- and
+# 8-row tiles (AVX2, AVX-512 builds), one image (fewer images than threads:
 # the channel-split path) and several; a 60x60 map spans several packed pixel blocks at small K.
 PW_SHAPES = [(2, 16, 96, 12, 12), (1, 3, 7, 5, 3), (3, 40, 13, 7, 7), (1, 24, 144, 1, 1), (2, 8, 30, 60, 60)]
 
@@ -73,8 +74,10 @@ def test_pointwise_conv_with_fused_epilogues_matches_numpy(n, cin, cout, h, w):
 
 # (n, h, w, cout): odd and even sizes, one image (the row-parallel path) and several (image-parallel);
 # the last case's output (8 x 32 x 128 x 128 floats = 16.8 MB at stride 2) is past pointwise.cc's
-# STREAM_BYTES, so its tiles write with cache-bypassing stores.
-STEMS = [(s, n, h, w, 16) for s in (1, 2) for n, h, w in ((2, 15, 15), (1, 32, 32), (3, 9, 6))] + [(2, 8, 256, 256, 32)]
+# STREAM_BYTES, so its tiles write with cache-bypassing stores; 48-pixel rows (the 96 px stem) end in a
+# 16-pixel strip (the narrow tile of the AVX-512 build).
+STEMS = [(s, n, h, w, 16) for s in (1, 2) for n, h, w in ((2, 15, 15), (1, 32, 32), (3, 9, 6))] + [(2, 8, 256, 256, 32),
+                                                                                         (2, 2, 96, 96, 16)]
 
 
 @pytest.mark.parametrize("stride, n, h, w, cout", STEMS)
@@ -134,7 +137,8 @@ def test_block_reads_its_parameters_when_they_change():
 
 # (n, c, classes, h): a few images (one dot product per logit) and more (the pooled batch as one
 # matrix product, the batch as its columns: 5 leaves a partial 16-column tile, 33 a second tile).
-@pytest.mark.parametrize("n, c, classes, h", [(1, 40, 7, 3), (3, 24, 13, 1), (5, 40, 7, 3), (33, 64, 1001, 2)])
+@pytest.mark.parametrize("n, c, classes, h", [(1, 40, 7, 3), (3, 24, 13, 1), (5, 40, 7, 3), (33, 64, 1001, 2),
+                                           (6, 1280, 10, 3)])
 def test_pool_and_classifier_head_matches_numpy(n, c, classes, h):
     rng = np.random.default_rng(n + c)
     x = _rand(rng, n, c, h, h + 1)
