@@ -156,6 +156,15 @@ def test_isa_ops_quick():
         assert _positive(summary["probe_ms"]) and _positive(summary["layers"]["0.35@32 stem 3->16"]), cap
 
 
+def test_kernels_quick():
+    """The folded network's C++ operators called without MindSpore: all 20, in order, each timed."""
+    data = _quick("bench_kernels.py")
+    case = data["cases"][0]
+    ops = [o["op"] for o in case["ops"]]
+    assert len(ops) == 20 and ops[0].startswith("stem") and ops[-1] == "pool + classifier", ops
+    assert all(_positive(o["median_ms"]) for o in case["ops"]) and _positive(case["img_per_s"])
+
+
 def test_latency_quick():
     """Batch-1 latency row with TF-slim's MACs for 0.35 @ 96 (~11M)."""
     data = _quick("bench_latency.py")
