@@ -102,7 +102,8 @@ constexpr int64_t B_BLOCK_BYTES = 192 << 10;  // a packed block of B stays in L2
 // Pixels per packed block: long rows for the prefetcher when K is small, at least 4 strips.
 constexpr int64_t MAX_BLOCK = 1024;
 inline int64_t block_pixels(int64_t k) {
-  return std::max<int64_t>(4 * NR, std::min<int64_t>(MAX_BLOCK, B_BLOCK_BYTES / (4 * k) / NR * NR));
+  // whole strips only: pack_b fills ceil(pixels / NR) strips of the block (an NR of 48 overflowed 1024)
+  return std::max<int64_t>(4 * NR, std::min<int64_t>(MAX_BLOCK / NR * NR, B_BLOCK_BYTES / (4 * k) / NR * NR));
 }
 
 // A (rows x k, row-major) -> panels of MR rows, each stored k-major (k x MR), zero rows at the end.
