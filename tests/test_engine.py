@@ -265,6 +265,28 @@ def test_amp_falls_back_on_cpu_with_a_warning(caplog):
     assert amp_level_for("GPU", "O2") == "O2" and amp_level_for("Ascend", "O3") == "O3"
 
 
+def test_initial_weights_depend_on_the_seed_alone(tmp_path):
+    """build_model draws the same weights whatever numpy's global generator did before (a distributed
+    start-up, other tests), other weights for another seed, and leaves that generator where it was."""
+    from mindcv_mnv2.config import load_config
+    from mindcv_mnv2.engine import builders
+
+    def stem(seed: int, draws_before: int):
+        cfg = load_config(None, overrides={"model": "mobilenet_v2_035", "seed": seed, "data_dir": str(tmp_path)},
+                          model_defaults=model_defaults)
+        np.random.seed(1234)
+        np.random.random(draws_before)
+        state = np.random.get_state()
+        net = builders.build_model(cfg, {"num_classes": 10}, "CPU")
+        after = np.random.get_state()
+        assert np.array_equal(state[1], after[1]) and state[2] == after[2]  # the global stream is untouched
+        return net.features[0].weight.asnumpy().copy()
+
+    first = stem(42, 0)
+    np.testing.assert_array_equal(first, stem(42, 7))
+    assert not np.array_equal(first, stem(43, 0))
+
+
 def _biased_checkpoint(path, favourite, num_classes=3):
     """A checkpoint whose prediction is known: zero classifier weights, bias favouring one class."""
     from mindcv_mnv2.checkpoint import model_meta, save_checkpoint

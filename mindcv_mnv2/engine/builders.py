@@ -109,11 +109,19 @@ def model_kwargs(cfg: Config, num_classes: int, ckpt_kwargs: Optional[Mapping[st
 def build_model(cfg: Config, kwargs: Mapping[str, Any], device_target: str):
     """The network named by ``model`` with ``kwargs`` (model_kwargs) on the recipe's depthwise kernel.
 
-    Weights are loaded by the caller (checkpoint.load_weights).
+    Its initial weights depend on ``seed`` alone. Weights are loaded by the caller (checkpoint.load_weights).
     """
     from ..models import create_model
 
-    return with_depthwise_kernel(cfg, create_model(cfg.model, **kwargs), device_target)
+    # MindSpore's initializers draw from numpy's global generator: seeded here, whatever ran before in
+    # this process (a distributed start-up, other tests' draws) cannot shift them; its state is restored.
+    state = np.random.get_state()
+    np.random.seed(cfg.seed)
+    try:
+        net = create_model(cfg.model, **kwargs)
+    finally:
+        np.random.set_state(state)
+    return with_depthwise_kernel(cfg, net, device_target)
 
 
 def with_depthwise_kernel(cfg: Config, net, device_target: str):
