@@ -139,40 +139,21 @@ def test_ranks_end_bit_identical_and_batchnorm_statistics_stay_per_rank(dist_run
             assert np.array_equal(tensors[n], r0[n]), n
 
 
-def test_two_ranks_equal_one_process_with_the_batch_of_both(dist_run, ms_cpu):
+def test_two_ranks_equal_one_process_with_the_batch_of_both(dist_run, tmp_path):
     """2 ranks x batch b == 1 process x batch 2b, with BatchNorm normalising each half of the 2b
-    separately (as each rank does): the reference accumulates the gradients of rank 0's and rank
-    1's batches, in one process, from the same seeded start. Plain BatchNorm over all 2b images
-    would use other statistics, so it is not the same computation and is not compared."""
+    separately (as each rank does): the reference (tests/_dist_reference.py, a fresh process like the
+    ranks, so the same CPU kernels) accumulates the gradients of rank 0's and rank 1's batches, in one
+    process, from the same seeded start. Plain BatchNorm over all 2b images would use other
+    statistics, so it is not the same computation and is not compared."""
     assert dist_run["proc"].returncode == 0, _fail_message(dist_run["proc"])
-    import mindspore.dataset as ds
-
-    from mindcv_mnv2.config import load_config
-    from mindcv_mnv2.engine import builders
-    from mindcv_mnv2.engine.context import setup_context
-    from mindcv_mnv2.engine.train_step import AccumulateStep
-    from mindcv_mnv2.models.registry import model_defaults
-
-    cfg = load_config(str(dist_run["recipe"]), overrides={"gradient_accumulation_steps": 2, "distribute": False},
-                      model_defaults=model_defaults)
-    setup_context(cfg.mode, "CPU", cfg.seed)
-    loaders = [builders.build_train_loader(cfg, DistInfo(rank=r, world=WORLD)) for r in range(WORLD)]
-    net = builders.build_model(cfg, builders.model_kwargs(cfg, len(loaders[0].class_names)), "CPU")
-    start = {p.name: p.asnumpy().copy() for p in net.get_parameters()}  # asnumpy() may share memory
-    lr = builders.build_lr(cfg, loaders[0].steps_per_epoch)
-    optimizer = builders.build_optimizer(cfg, net, lr)
-    step = builders.build_train_step(cfg, net, builders.build_loss(cfg, 10), optimizer, DistInfo())
-    step.set_train(True)
-    micro = AccumulateStep(step)
-    ds.config.set_seed(cfg.seed)  # epoch 0, as the trainer does
-    iters = []
-    for loader in loaders:
-        loader.set_epoch(0)
-        iters.append(loader.dataset.create_tuple_iterator(num_epochs=1))
-    for _ in range(STEPS):
-        micro(*next(iters[0]))  # rank 0's batch: gradients are only added up
-        step(*next(iters[1]))  # rank 1's batch: the mean of both is applied
-    ref = {n: p.asnumpy().copy() for n, p in step.parameters_dict().items()}
+    out = tmp_path / "reference.npz"
+    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "_dist_reference.py"), str(dist_run["recipe"]),
+                           str(WORLD), str(STEPS), str(out)], cwd=ROOT, env=_launcher_env(), capture_output=True,
+                          text=True, timeout=JOB_TIMEOUT)
+    assert proc.returncode == 0, _fail_message(proc)
+    saved = dict(np.load(out))
+    ref = {n: v for n, v in saved.items() if not n.startswith("start.")}
+    start = {n[len("start."):]: v for n, v in saved.items() if n.startswith("start.")}
     dist = dict(np.load(dist_run["dump"] / "rank0.npz"))
     worst, moved = 0.0, 0.0
     for n in _trainable_names(dist):
