@@ -48,7 +48,7 @@ def network_ops(lib: ctypes.CDLL, width: float, size: int, batch: int) -> List[T
     """(label, call) per operator of the folded MobileNetV2 of this width, chained through their outputs."""
     import numpy as np
 
-    from mindcv_mnv2.models.mobilenetv2 import block_plan, make_divisible
+    from mindcv_mnv2.models.mobilenetv2 import block_plan, param_shapes
 
     rng = np.random.default_rng(0)
 
@@ -58,7 +58,8 @@ def network_ops(lib: ctypes.CDLL, width: float, size: int, batch: int) -> List[T
 
     ops = []
     x = rng.standard_normal((batch, 3, size, size)).astype(np.float32)
-    stem = make_divisible(32 * width)
+    shapes = param_shapes(width, 1000)
+    stem = shapes["features.0.weight"][0]
     cur = np.empty((batch, stem, (size + 1) // 2, (size + 1) // 2), np.float32)
     ops.append(("stem 3x3 s2", _entry(lib, "Conv3x3BiasRelu6S2", [x, weight(stem, 3, 3, 3), weight(stem), cur])))
     for i, b in enumerate(block_plan(width)):
@@ -74,7 +75,7 @@ def network_ops(lib: ctypes.CDLL, width: float, size: int, batch: int) -> List[T
             arrays = [cur, weight(hidden, b.in_ch, 1, 1), weight(hidden), *dw, *project, out]
         ops.append((f"block {i + 1} {b.in_ch}->{hidden}->{b.out_ch} @{hw} s{b.stride}", _entry(lib, name, arrays)))
         cur = out
-    last_ch = 1280 if width <= 1.0 else make_divisible(1280 * width)
+    last_ch = shapes["features.20.weight"][0]
     last = np.empty((batch, last_ch, cur.shape[2], cur.shape[3]), np.float32)
     ops.append((f"last 1x1 {cur.shape[1]}->{last_ch}",
                 _entry(lib, "PwConvBiasRelu6", [cur, weight(last_ch, cur.shape[1], 1, 1), weight(last_ch), last])))

@@ -136,7 +136,8 @@ def test_block_reads_its_parameters_when_they_change():
 
 
 # (n, c, classes, h): a few images (one dot product per logit) and more (the pooled batch as one
-# matrix product, the batch as its columns: 5 leaves a partial 16-column tile, 33 a second tile).
+# matrix product, the batch as its columns: 5 leaves a partial tile of 16 or 32 columns, 33 a second
+# tile; C = 1280 as in the real classifier).
 @pytest.mark.parametrize("n, c, classes, h", [(1, 40, 7, 3), (3, 24, 13, 1), (5, 40, 7, 3), (33, 64, 1001, 2),
                                            (6, 1280, 10, 3)])
 def test_pool_and_classifier_head_matches_numpy(n, c, classes, h):

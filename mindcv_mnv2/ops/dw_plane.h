@@ -10,12 +10,14 @@ namespace mnv2 {
 
 typedef float v8f __attribute__((vector_size(32)));  // one AVX register (two SSE ones on older CPUs)
 
-inline v8f ld(const float *p) {  // unaligned load
-  v8f v;
+template <class V = v8f>
+inline V ld(const float *p) {  // unaligned load (of any float vector type: pointwise.cc's tiles use 16-wide)
+  V v;
   std::memcpy(&v, p, sizeof(v));
   return v;
 }
-inline void st(float *p, v8f v) { std::memcpy(p, &v, sizeof(v)); }
+template <class V>
+inline void st(float *p, V v) { std::memcpy(p, &v, sizeof(v)); }
 
 // Copy one HxW plane into a zero-bordered (H+2D)x(W+2D) buffer: the loops then need no bounds checks.
 template <int D>

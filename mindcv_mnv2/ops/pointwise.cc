@@ -57,7 +57,7 @@ inline float *scratch(Slot slot, int64_t size) {
 // OpenMP thread (OMP_WAIT_POLICY=PASSIVE) costs ~25 us, more than such work takes on one core.
 constexpr int64_t SERIAL_MACS = 1 << 21;
 
-// The register tile: MR output channels x NR output pixels, NV vectors of VW floats per row. AVX-512
+// The register tile: MR output channels x NR output pixels, NR / VW vectors of VW floats per row. AVX-512
 // (32 registers of 16 floats): 8 x 32, 16 accumulators; measured on a Zen 5 EPYC against 6 x 16, 8 x 16,
 // 12 x 16, 16 x 16, 6 x 32, 10 x 32 and 12 x 32, 1.0@224 batch 32 ran 1.3-1.6x faster than with the
 // AVX2 tiles. AVX2 and older (16 registers of 8 floats): 6 x 16, 12 accumulators. MobileNetV2's
@@ -82,14 +82,7 @@ typedef v8f vf;
 constexpr int VW = sizeof(vf) / sizeof(float);
 constexpr int MR = MNV2_MR;   // output channels per register tile
 constexpr int NR = MNV2_NR;   // output pixels per register tile
-constexpr int NV = NR / VW;
 static_assert(NR % VW == 0 && NR % 8 == 0, "a tile row is whole vectors");
-inline vf ldv(const float *p) {
-  vf v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-inline void stv(float *p, vf v) { std::memcpy(p, &v, sizeof(v)); }
 inline void streamv(float *p, vf v) {  // as 8-float halves: 32-byte alignment is all the callers check
   for (int h = 0; h < VW / 8; ++h) {
     v8f part;
@@ -153,7 +146,7 @@ inline void tile_cols(ACol acol, BRow brow, int64_t k, const float *bias, float 
     const float *bk = brow(kk);
     vf b[NV];
 #pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) b[v] = ldv(bk + v * VW);
+    for (int v = 0; v < NV; ++v) b[v] = ld<vf>(bk + v * VW);
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
       const float a = acol(kk, i);
@@ -172,17 +165,17 @@ inline void tile_cols(ACol acol, BRow brow, int64_t k, const float *bias, float 
           y = y < zero ? zero : y;  // lane-wise selects: NaN passes through as in MindSpore's ReLU6
           y = y > six ? six : y;
         }
-        if (RES) y += ldv(r + i * ldc + v * VW);
+        if (RES) y += ld<vf>(r + i * ldc + v * VW);
         if (STREAM)
           streamv(c + i * ldc + v * VW, y);
         else
-          stv(c + i * ldc + v * VW, y);
+          st(c + i * ldc + v * VW, y);
       }
     return;
   }
   for (int i = 0; i < rows; ++i) {
     float row[W];
-    for (int v = 0; v < NV; ++v) stv(row + v * VW, acc[i][v]);
+    for (int v = 0; v < NV; ++v) st(row + v * VW, acc[i][v]);
     for (int j = 0; j < cols; ++j) {
       float y = row[j] + bias[i];
       if (ACT == 2) y = std::min(std::max(y, 0.f), 6.f);
