@@ -165,6 +165,15 @@ def test_kernels_quick():
     assert all(_positive(o["median_ms"]) for o in case["ops"]) and _positive(case["img_per_s"])
 
 
+def test_kernels_missing_library_is_one_clear_error(tmp_path):
+    """--lib naming no file: one argparse error naming it, exit 2, no traceback."""
+    missing = tmp_path / "nowhere.so"
+    proc = subprocess.run([sys.executable, str(BENCH / "bench_kernels.py"), "--quick", "--lib", str(missing)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and f"--lib {missing}: no such file" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 def test_latency_quick():
     """Batch-1 latency row with TF-slim's MACs for 0.35 @ 96 (~11M)."""
     data = _quick("bench_latency.py")
