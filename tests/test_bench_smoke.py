@@ -199,3 +199,16 @@ def test_distributed_quick():
     data = _quick("bench_distributed.py", timeout=400)
     for launch in ("1 process", "mpirun -n 2"):
         assert data["summary"][launch]["exits"] == [0] and _positive(data["summary"][launch]["img_per_s"]), launch
+
+
+def test_cluster_start_crash_is_told_from_a_training_crash(tmp_path):
+    """Only a SIGSEGV before the first logged step counts as MindSpore's cluster start-up crash (relaunched once)."""
+    from bench_train import _crashed_at_cluster_start
+
+    assert _crashed_at_cluster_start({"exit": 139}, tmp_path)  # no metrics.jsonl yet
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"type": "config"}) + "\n")
+    assert _crashed_at_cluster_start({"exit": -11}, tmp_path)
+    assert not _crashed_at_cluster_start({"exit": 1}, tmp_path)  # a Python error is a real failure
+    with open(tmp_path / "metrics.jsonl", "a") as fh:
+        fh.write(json.dumps({"type": "step", "epoch": 1, "step": 1}) + "\n")
+    assert not _crashed_at_cluster_start({"exit": 139}, tmp_path)  # crashed while training: reported, not retried
