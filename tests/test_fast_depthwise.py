@@ -221,9 +221,13 @@ def test_compiler_that_fails_or_hangs(body, needle, tmp_path, monkeypatch):
         build_library.cache_clear()
 
 
-def test_march_override_builds_a_separate_baseline_library(tmp_path, monkeypatch):
-    """MINDCV_MNV2_MARCH=x86-64 builds baseline code under its own name; a bad value is one clear error."""
-    monkeypatch.setenv("MINDCV_MNV2_CACHE", str(tmp_path / "cache"))
+def test_march_override_builds_a_separate_baseline_library(monkeypatch):
+    """MINDCV_MNV2_MARCH=x86-64 builds baseline code under its own name; a bad value is one clear error.
+
+    In the suite's own kernel cache: the native library is the one every other test uses and the
+    baseline one is what make test-isa runs, so each is compiled once per machine (~14 s a build);
+    building into an empty cache is test_build_is_cached_and_a_missing_compiler_is_explained's subject.
+    """
     monkeypatch.delenv("MINDCV_MNV2_MARCH", raising=False)  # the suite may itself run on a baseline build
     build_library.cache_clear()
     try:
