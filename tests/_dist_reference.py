@@ -26,7 +26,7 @@ def main() -> int:
     from mindcv_mnv2.distributed import DistInfo
     from mindcv_mnv2.engine import builders
     from mindcv_mnv2.engine.context import setup_context
-    from mindcv_mnv2.engine.train_step import AccumulateStep
+    from mindcv_mnv2.engine.train_step import AccumulateStep, ApplyAccumulated
     from mindcv_mnv2.models.registry import model_defaults
 
     cfg = load_config(recipe, overrides={"gradient_accumulation_steps": world, "distribute": False},
@@ -39,16 +39,16 @@ def main() -> int:
     optimizer = builders.build_optimizer(cfg, net, lr)
     step = builders.build_train_step(cfg, net, builders.build_loss(cfg, 10), optimizer, DistInfo())
     step.set_train(True)
-    micro = AccumulateStep(step)
+    micro, apply = AccumulateStep(step), ApplyAccumulated(step)
     ds.config.set_seed(cfg.seed)  # epoch 0, as the trainer does
     iters = []
     for loader in loaders:
         loader.set_epoch(0)
         iters.append(loader.dataset.create_tuple_iterator(num_epochs=1))
     for _ in range(steps):
-        for it in iters[:-1]:
-            micro(*next(it))  # the first ranks' batches: gradients are only added up
-        step(*next(iters[-1]))  # the last rank's batch: the mean of all is applied
+        for it in iters:
+            loss = micro(*next(it))  # every rank's batch: gradients are only added up
+        apply(loss)  # then the mean of all is applied
     np.savez(out, **start, **{n: p.asnumpy() for n, p in step.parameters_dict().items()})
     return 0
 

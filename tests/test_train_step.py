@@ -1,5 +1,5 @@
 """The compiled train step against numpy: every optimizer's update (weight-decay filter included),
-EMA, dynamic loss scaling and drop_overflow_update.
+gradient accumulation (graph and PyNative), EMA, dynamic loss scaling and drop_overflow_update.
 
 A small cell whose parameters are named like MobileNetV2's (``fc.weight``, ``fc.bias``,
 ``norm.gamma``, ``norm.beta``) makes the weight-decay filters act as they do on the real network,
@@ -13,7 +13,7 @@ import pytest
 ms = pytest.importorskip("mindspore")
 from mindspore import Parameter, Tensor, nn, ops  # noqa: E402
 
-from mindcv_mnv2.engine.train_step import TrainStep  # noqa: E402
+from mindcv_mnv2.engine.train_step import AccumulateStep, ApplyAccumulated, TrainStep  # noqa: E402
 from mindcv_mnv2.optim import create_loss, create_optimizer  # noqa: E402
 
 pytestmark = [pytest.mark.usefixtures("ms_cpu"), pytest.mark.numerics]
@@ -132,6 +132,32 @@ def test_optimizer_update_matches_numpy(opt, filt, nesterov, pynative):
     if filt == "norm_and_bias":
         other = _reference(opt, "disable", start, batches, LRS, nesterov=nesterov)[-1]["norm.gamma"]
         assert np.abs(other - ref[-1]["norm.gamma"]).max() > 1e-4
+
+
+@pytest.mark.parametrize("mode", ["graph", "pynative"])
+def test_accumulated_update_is_the_mean_of_its_batches(mode, request):
+    """accumulate 2: each update applies the mean gradient of its two batches, in both modes.
+
+    Equal batch sizes make that mean the gradient of the two batches joined, so the numpy reference
+    is one update per joined batch.
+    """
+    request.getfixturevalue(mode)
+    net = TinyNet()
+    start = _values(net)
+    step = _step(net, "momentum", accumulate=2)
+    micro, apply = AccumulateStep(step), ApplyAccumulated(step)
+    batches = _batches(4)
+    joined = [(np.concatenate([a[0], b[0]]), np.concatenate([a[1], b[1]])) for a, b in zip(batches[::2], batches[1::2])]
+    ref = _reference("momentum", "norm_and_bias", start, joined, LRS[:2])
+    for t in range(2):
+        micro(Tensor(batches[2 * t][0]), Tensor(batches[2 * t][1]))
+        loss = micro(Tensor(batches[2 * t + 1][0]), Tensor(batches[2 * t + 1][1]))
+        apply(loss)
+        for name, got in _values(net).items():
+            np.testing.assert_allclose(got, ref[t][name], rtol=RTOL, atol=ATOL, err_msg=f"{mode} update {t + 1} {name}")
+        assert all(not p.asnumpy().any() for p in step.accum)  # the sums start again from zero
+    with pytest.raises(RuntimeError, match="call AccumulateStep"):
+        step(Tensor(batches[0][0]), Tensor(batches[0][1]))  # the update would ignore the sums
 
 
 def test_ema_follows_its_formula(pynative):

@@ -24,7 +24,7 @@ from .context import amp_level_for, setup_context
 from . import finetune
 from .curves import TENSORBOARD_DIR, Curves, tensorboard_available
 from .evaluator import EvalNet, describe, evaluate, run_eval
-from .train_step import AccumulateStep
+from .train_step import AccumulateStep, ApplyAccumulated
 from .progress import MetricsWriter, format_eta, progress_bar, setup_logging
 from .signals import StopSignals
 
@@ -101,6 +101,7 @@ class Trainer:
         self.step.set_train(True)
         finetune.set_frozen_eval(self.net, self.n_frozen)
         self.micro_step = AccumulateStep(self.step) if self.accum > 1 else None
+        self.apply_step = ApplyAccumulated(self.step) if self.accum > 1 else None
         self.keeper = CheckpointKeeper(self.run_dir, cfg.model, cfg.keep_checkpoint_max, cfg.ckpt_save_interval,
                                        cfg.ckpt_save_policy, enabled=self.dist.is_main)
         self.start_epoch, self.skip_steps = 0, 0
@@ -299,7 +300,12 @@ class Trainer:
                 images, labels = self._next_batch(it, epoch, i)
                 lr_used = self._current_lr()  # the update this batch belongs to reads lr[global_step]
                 micro = self.accum > 1 and (i + 1) % self.accum != 0
-                loss = self.micro_step(images, labels) if micro else self.step(images, labels)
+                if self.accum > 1:
+                    loss = self.micro_step(images, labels)
+                    if not micro:
+                        loss = self.apply_step(loss)
+                else:
+                    loss = self.step(images, labels)
                 if not micro and self._host_step is not None:
                     self._host_step += 1
                 loss_v = float(loss.asnumpy())
