@@ -394,7 +394,6 @@ def test_tf_slim_recipe_trains_and_its_checkpoint_scores_as_trained(fashion_mnis
             "--model", "mobilenet_v2_035", "--image_resize", "32", "--batch_size", "16", "--num_samples", "320",
             "--epoch_size", "1", "--decay_epochs", "0.5", "--val_interval", "1", "--num_parallel_workers", "2",
             "--mean", "72.94", "72.94", "72.94", "--std", "90.02", "90.02", "90.02", "--lr", "0.01", "--num_classes", "10"]
-    argv += ["--mode", "1"]  # PyNative: the recipe's optimizer, schedule and EMA are the subject, not compilation
     cfg = parse_args(argv, model_defaults=model_defaults)[0]
     assert (cfg.opt, cfg.scheduler, cfg.ema, cfg.inception_crop, cfg.eps) == ("rmsprop", "step_decay", True, True, 1.0)
     summary = train(cfg)
