@@ -62,8 +62,7 @@ class TrainStep(nn.Cell):
     adds every batch's gradients into ``grad_accum.*`` and ``ApplyAccumulated(step)(loss)`` makes the
     update after each N-th. Graph mode gets two branch-free graphs sharing every Parameter, and only
     one of them runs a forward/backward pass (~10-15 s less compilation on CPU than a second graph
-    that also adds the N-th batch; that graph, in a direct check on MobileNetV2 in MindSpore 2.10
-    graph mode, also applied moments up to 5.1 away from the mean of the sums, where this split is exact).
+    that also adds the N-th batch).
 
     EMA weights are Parameters named ``ema.<param>`` (MindCV's naming), so they are saved
     and restored with the checkpoint like any other tensor.
