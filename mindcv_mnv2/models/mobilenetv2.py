@@ -38,7 +38,7 @@ from mindspore.common.initializer import Normal
 
 from ..constants import DEFAULT_DROP_RATE, OUTPUT_STRIDES, PADDINGS
 
-__all__ = ["MobileNetV2", "MobileNetV2Features", "make_divisible", "block_plan", "param_shapes",
+__all__ = ["MobileNetV2", "MobileNetV2Features", "GlobalAvgPool", "make_divisible", "block_plan", "param_shapes",
            "INVERTED_RESIDUAL_SETTING", "DEFAULT_OUT_INDICES"]
 
 # t (expansion), c (output channels at width 1.0), n (repeats), s (stride of the first block)
@@ -180,6 +180,13 @@ class InvertedResidual(nn.Cell):
         return self.layers(x)
 
 
+class GlobalAvgPool(nn.Cell):
+    """(N, C, H, W) -> (N, C): the mean over each channel's plane (a cell, so a device may swap it: ops.pooling)."""
+
+    def construct(self, x):
+        return ops.mean(x, (2, 3), False)
+
+
 class MobileNetV2(nn.Cell):
     """MobileNetV2 classifier; parameter names and numerics identical to MindCV's."""
 
@@ -211,6 +218,7 @@ class MobileNetV2(nn.Cell):
                      "channels": self.num_features})
         self.feature_info = info
         self.features = nn.SequentialCell(features)
+        self.pool = GlobalAvgPool()
         self.classifier = nn.SequentialCell([
             nn.Dropout(p=self.drop_rate),
             nn.Dense(self.num_features, self.num_classes, weight_init=Normal(sigma=0.01, mean=0.0),
@@ -223,8 +231,7 @@ class MobileNetV2(nn.Cell):
 
     def forward_head(self, x):
         """Global average pool, dropout and the classifier on a feature map."""
-        x = ops.mean(x, (2, 3), False)
-        return self.classifier(x)
+        return self.classifier(self.pool(x))
 
     def construct(self, x):
         x = self.forward_features(x)

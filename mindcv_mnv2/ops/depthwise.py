@@ -235,13 +235,15 @@ def swap_depthwise(net) -> int:
 
 
 def apply_depthwise_kernel(net, choice: str, device_target: str) -> str:
-    """Swap in the C++ kernels (depthwise 3x3, training BatchNorm + ReLU6) when ``choice`` resolves to aot."""
+    """Swap in the CPU training kernels (C++ depthwise 3x3 and BatchNorm + ReLU6, matrix-product
+    pooling: ops.pooling) when ``choice`` resolves to aot."""
     kernel, why = resolve_kernel(choice, device_target)
     if kernel == "aot":
         from .batchnorm import swap_batchnorm  # here, not at the top: batchnorm imports build_library from us
+        from .pooling import swap_pooling
 
-        n, n_bn = swap_depthwise(net), swap_batchnorm(net)
-        log.debug("C++ kernels: %d depthwise layers, %d BatchNorm layers", n, n_bn)
+        n, n_bn, n_pool = swap_depthwise(net), swap_batchnorm(net), swap_pooling(net)
+        log.debug("C++ kernels: %d depthwise layers, %d BatchNorm layers; %d pooling", n, n_bn, n_pool)
     elif why and choice == "auto" and device_target == "CPU":
         log.warning("depthwise_kernel auto: using MindSpore's slower native depthwise conv (%s)", why)
     return kernel
