@@ -76,8 +76,8 @@ def test_pointwise_conv_with_fused_epilogues_matches_numpy(n, cin, cout, h, w):
 # the last case's output (8 x 32 x 128 x 128 floats = 16.8 MB at stride 2) is past pointwise.cc's
 # STREAM_BYTES, so its tiles write with cache-bypassing stores; 48-pixel rows (the 96 px stem) end in a
 # 16-pixel strip (the narrow tile of the AVX-512 build).
-STEMS = [(s, n, h, w, 16) for s in (1, 2) for n, h, w in ((2, 15, 15), (1, 32, 32), (3, 9, 6))] + [(2, 8, 256, 256, 32),
-                                                                                         (2, 2, 96, 96, 16)]
+STEMS = [(s, n, h, w, 16) for s in (1, 2) for n, h, w in ((2, 15, 15), (1, 32, 32), (3, 9, 6), (1, 12, 49))] + [
+    (2, 8, 256, 256, 32), (2, 2, 96, 96, 16)]
 
 
 @pytest.mark.parametrize("stride, n, h, w, cout", STEMS)
@@ -92,10 +92,11 @@ def test_stem_conv3x3_matches_numpy(stride, n, h, w, cout):
 # stride 2; maps narrower than pointwise.cc's NARROW (8 planes per vector, channel counts that leave
 # a partial group of 8); 4x4 maps and below (a thread's images batched); one image (layer by layer)
 # and several (image by image); the width is h + 1, so rows and columns are not interchangeable.
+# Widths 34 and 47 (17 or more): the split's last, overlapping vector window, at an even and an odd width.
 BLOCKS = [(3, 8, 48, 8, 9, 1, True), (2, 8, 48, 16, 9, 2, False), (1, 16, 96, 24, 12, 2, False),
           (2, 24, 144, 32, 7, 1, False), (1, 24, 144, 24, 5, 1, True), (2, 8, 24, 8, 33, 2, False),
           (2, 8, 24, 8, 2, 2, False), (1, 4, 20, 4, 7, 2, False), (3, 4, 12, 4, 3, 1, True),
-          (2, 6, 36, 6, 10, 1, True), (2, 8, 16, 8, 20, 1, False)]
+          (2, 6, 36, 6, 10, 1, True), (2, 8, 16, 8, 20, 1, False), (1, 8, 16, 8, 46, 2, False)]
 
 
 @pytest.mark.parametrize("n, cin, hidden, cout, h, stride, residual", BLOCKS)
