@@ -156,6 +156,14 @@ def test_isa_ops_quick():
         assert _positive(summary["probe_ms"]) and _positive(summary["layers"]["0.35@32 stem 3->16"]), cap
 
 
+def test_pooling_quick():
+    """ReduceMean against the matrix-product pool, forward + backward: both timed, values equal to rounding."""
+    data = _quick("bench_pooling.py")
+    case = data["cases"][0]
+    assert set(case["ms"]) == {"ReduceMean", "MatMul"} and all(_positive(v) for v in case["ms"].values())
+    assert case["max_abs_diff"] < 1e-5  # means of 4 unit-normal values: float32 rounding is ~1e-7
+
+
 def test_kernels_quick():
     """The folded network's C++ operators called without MindSpore: all 20, in order, each timed."""
     data = _quick("bench_kernels.py")

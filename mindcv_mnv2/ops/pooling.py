@@ -1,9 +1,10 @@
 """Global average pooling as one matrix product, for training on CPU.
 
 MindSpore 2.10's CPU ReduceMean over (H, W) and its gradient (Tile, then RealDiv) took 4.6 ms
-for a forward + backward at the CPU demo's size (64 x 1280 x 2 x 2) and 19 ms at 1.0 @ 224
+for a forward + backward at the CPU demo's size (64 x 1280 x 2 x 2) and 19.5 ms at 1.0 @ 224
 (32 x 1280 x 7 x 7); the same mean as ``(N*C, H*W) @ ones(H*W, 1) / (H*W)`` runs on oneDNN's
-matrix product in 0.7 and 1.2 ms, gradient included (bench/bench_pooling.py). The result differs
+matrix product in 1.0 and 1.9 ms, gradient included (bench/bench_pooling.py; BENCHMARKS.md
+section 12: in the whole training step only 1.0 @ 224 shows it, 2.4% faster). The result differs
 from ReduceMean by float rounding only (products by 1/(H*W) summed in another order).
 
 :func:`swap_pooling` puts it in place of the network's ``GlobalAvgPool`` wherever the C++ training
