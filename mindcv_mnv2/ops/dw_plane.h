@@ -103,39 +103,42 @@ inline void dw_plane(const float *in, const float *k, float b, float *out, int64
 // 3-14 pixels leaves most of an 8-wide vector idle and costs a plane's setup per few outputs.
 constexpr int64_t NARROW = 16;
 
-// relu6(depthwise3x3(.) + bias) (padding 1, stride S) of planes q0 .. q0 + lanes - 1 (lanes <= 8) of a
-// stack (plane q at in + q*h*w, out + q*oh*ow; its kernel and bias those of channel ch(q)), with plane
-// i in vector lane i. pad holds (h + 2) x (w + 2) x 8 floats.
-template <int S, class Ch>
+// act(depthwise3x3(.)) (stride S, dilation and padding D; ACT as dw_plane's) of planes q0 .. q0 + lanes - 1
+// (lanes <= 8) of a stack (plane q at in + q*h*w, out + q*oh*ow; its kernel (and bias) those of channel
+// ch(q)), with plane i in vector lane i. pad holds (h + 2D) x (w + 2D) x 8 floats.
+template <int S, int D, int ACT, class Ch>
 inline void dw_lanes8(const float *in, float *out, int64_t q0, int lanes, Ch ch, const float *wd, const float *bd,
                       int64_t h, int64_t w, int64_t oh, int64_t ow, float *pad) {
-  const int64_t pw = w + 2;
-  std::memset(pad, 0, sizeof(float) * 8 * pw);
-  std::memset(pad + 8 * (h + 1) * pw, 0, sizeof(float) * 8 * pw);
+  static_assert(S == 1 || D == 1, "stride 2 is undilated");
+  const int64_t pw = w + 2 * D;
+  std::memset(pad, 0, sizeof(float) * 8 * pw * D);
+  std::memset(pad + 8 * (h + D) * pw, 0, sizeof(float) * 8 * pw * D);
   v8f kv[9], bv{};
   for (int t = 0; t < 9; ++t) kv[t] = v8f{};
   for (int l = 0; l < lanes; ++l) {
     const int64_t c = ch(q0 + l);
     for (int t = 0; t < 9; ++t) kv[t][l] = wd[c * 9 + t];
-    bv[l] = bd[c];
+    if (ACT) bv[l] = bd[c];
   }
   for (int64_t y = 0; y < h; ++y) {
-    float *row = pad + 8 * (y + 1) * pw;
-    std::memset(row, 0, sizeof(float) * 8);
-    std::memset(row + 8 * (w + 1), 0, sizeof(float) * 8);
+    float *row = pad + 8 * (y + D) * pw;
+    std::memset(row, 0, sizeof(float) * 8 * D);
+    std::memset(row + 8 * (w + D), 0, sizeof(float) * 8 * D);
     for (int64_t x = 0; x < w; ++x)
-      for (int l = 0; l < 8; ++l) row[8 * (x + 1) + l] = l < lanes ? in[(q0 + l) * h * w + y * w + x] : 0.f;
+      for (int l = 0; l < 8; ++l) row[8 * (x + D) + l] = l < lanes ? in[(q0 + l) * h * w + y * w + x] : 0.f;
   }
   const v8f zero{}, six = zero + 6.f;
   for (int64_t oy = 0; oy < oh; ++oy)
     for (int64_t ox = 0; ox < ow; ++ox) {
       v8f acc = bv;
       for (int ky = 0; ky < 3; ++ky) {
-        const float *r = pad + 8 * ((oy * S + ky) * pw + ox * S);
-        acc += kv[ky * 3] * ld(r) + kv[ky * 3 + 1] * ld(r + 8) + kv[ky * 3 + 2] * ld(r + 16);
+        const float *r = pad + 8 * ((oy * S + ky * D) * pw + ox * S);
+        acc += kv[ky * 3] * ld(r) + kv[ky * 3 + 1] * ld(r + 8 * D) + kv[ky * 3 + 2] * ld(r + 16 * D);
       }
-      acc = acc < zero ? zero : acc;
-      acc = acc > six ? six : acc;
+      if (ACT == 2) {
+        acc = acc < zero ? zero : acc;
+        acc = acc > six ? six : acc;
+      }
       for (int l = 0; l < lanes; ++l) out[(q0 + l) * oh * ow + oy * ow + ox] = acc[l];
     }
 }
@@ -151,7 +154,7 @@ inline void dw_planes(const float *in, float *out, int64_t q0, int64_t q1, Ch ch
     return;
   }
   for (int64_t q = q0; q < q1; q += 8)
-    dw_lanes8<S>(in, out, q, static_cast<int>(std::min<int64_t>(8, q1 - q)), ch, wd, bd, h, w, oh, ow, pad);
+    dw_lanes8<S, 1, 2>(in, out, q, static_cast<int>(std::min<int64_t>(8, q1 - q)), ch, wd, bd, h, w, oh, ow, pad);
 }
 
 // Non-zero (an error MindSpore reports) unless every tensor is float32: the kernels read raw floats.
