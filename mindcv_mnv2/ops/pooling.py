@@ -20,7 +20,6 @@ from functools import lru_cache
 @lru_cache(maxsize=None)
 def _cell_class():
     """MatMulAvgPool, built lazily so importing this module needs no MindSpore."""
-    import mindspore as ms
     from mindspore import nn, ops
 
     class MatMulAvgPool(nn.Cell):
