@@ -125,6 +125,16 @@ def plot_runs(run_dirs: Sequence[str], output: str) -> str:
         raise PlotError(f"no run directory given; {_FIX}")
     runs = [read_run(d, n) for d, n in zip(run_dirs, _names(run_dirs))]
     output = _output_path(output)
+    fig = draw(runs)
+    try:
+        fig.savefig(output, dpi=DPI, format="png")
+    except OSError as exc:
+        raise PlotError(f"-o: cannot write '{output}' ({exc.strerror}); choose a writable place") from None
+    return output
+
+
+def draw(runs: Sequence[RunCurves]):
+    """The three-panel matplotlib Figure of these runs (Agg canvas, no pyplot state)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
@@ -152,7 +162,8 @@ def plot_runs(run_dirs: Sequence[str], output: str) -> str:
     ax_lr.set(title="Learning rate", xlabel="global step (optimizer updates)", ylabel="learning rate (per update)")
     ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
     ax_val.set(title="Validation top-1", xlabel="epoch", ylabel="top-1 accuracy (%)")
-    ax_val.xaxis.set_major_locator(MaxNLocator(integer=True))
+    # whole epochs only, also when one epoch was scored (the default two ticks at least would be 4.8, 5.0, ...)
+    ax_val.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     for ax in (ax_loss, ax_lr, ax_val):
         ax.grid(True, alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
@@ -163,11 +174,7 @@ def plot_runs(run_dirs: Sequence[str], output: str) -> str:
     if not any(run.steps for run in runs):
         for ax in (ax_loss, ax_lr):
             ax.text(0.5, 0.5, "no step records", ha="center", va="center", transform=ax.transAxes, color="0.4")
-    try:
-        fig.savefig(output, dpi=DPI, format="png")
-    except OSError as exc:
-        raise PlotError(f"-o: cannot write '{output}' ({exc.strerror}); choose a writable place") from None
-    return output
+    return fig
 
 
 class _Parser(argparse.ArgumentParser):

@@ -197,6 +197,18 @@ def test_plot_one_and_several_runs(tmp_path):
     assert out.read_bytes() != (tmp_path / "one.png").read_bytes()
 
 
+@pytest.mark.parametrize("epochs", [1, 5])
+def test_validation_axis_shows_whole_epochs(tmp_path, epochs):
+    """One scored epoch (the CPU demo validates only its last) gets the tick 1, not 0.8, 0.9, 1.0 ..."""
+    run = plot.read_run(str(_synthetic_run(tmp_path / "r", 0.1, epochs=epochs)))
+    ax_val = plot.draw([run]).axes[2]
+    ax_val.figure.canvas.draw()
+    lo, hi = ax_val.get_xlim()
+    shown = [t for t in ax_val.get_xticks() if lo <= t <= hi]
+    assert shown and all(float(t).is_integer() for t in shown), shown
+    assert set(run.val_epochs) <= set(shown)
+
+
 def test_read_run_keeps_each_step_once_after_a_resume(tmp_path):
     run = _synthetic_run(tmp_path / "r", 0.1, epochs=1, spe=15)
     lines = (run / "metrics.jsonl").read_text().splitlines()
