@@ -150,13 +150,8 @@ void grad_weight_lanes8(const float *x, const float *dy, float *dw, int64_t n, i
       const int lanes = static_cast<int>(std::min<int64_t>(8, c - c0));
       double sum[9][8] = {};
       for (int64_t b = 0; b < n; ++b) {
-        const float *xs = x + (b * c + c0) * h * w, *gs = dy + (b * c + c0) * ohw;
-        for (int64_t y = 0; y < h; ++y)
-          for (int64_t xx = 0; xx < w; ++xx)
-            for (int l = 0; l < 8; ++l)
-              pad[8 * ((y + D) * pw + xx + D) + l] = l < lanes ? xs[l * h * w + y * w + xx] : 0.f;
-        for (int64_t q = 0; q < ohw; ++q)
-          for (int l = 0; l < 8; ++l) g[8 * q + l] = l < lanes ? gs[l * ohw + q] : 0.f;
+        mnv2::to_lanes8(x + (b * c + c0) * h * w, lanes, h, w, D, pad.data());
+        mnv2::to_lanes8(dy + (b * c + c0) * ohw, lanes, oh, ow, 0, g.data());
         v8f a[9];
         for (int t = 0; t < 9; ++t) a[t] = v8f{};
         for (int64_t oy = 0; oy < oh; ++oy)

@@ -103,6 +103,15 @@ inline void dw_plane(const float *in, const float *k, float b, float *out, int64
 // 3-14 pixels leaves most of an 8-wide vector idle and costs a plane's setup per few outputs.
 constexpr int64_t NARROW = 16;
 
+// Planes src, src + h*w, ... (lanes <= 8 of them) of h x w into the lanes of a (h + 2D) x (w + 2D) x 8
+// buffer, plane l in lane l, lanes past the last plane zero; the D-wide border is left as it is.
+inline void to_lanes8(const float *src, int lanes, int64_t h, int64_t w, int64_t d, float *dst) {
+  const int64_t pw = w + 2 * d;
+  for (int64_t y = 0; y < h; ++y)
+    for (int64_t x = 0; x < w; ++x)
+      for (int l = 0; l < 8; ++l) dst[8 * ((y + d) * pw + x + d) + l] = l < lanes ? src[l * h * w + y * w + x] : 0.f;
+}
+
 // act(depthwise3x3(.)) (stride S, dilation and padding D; ACT as dw_plane's) of planes q0 .. q0 + lanes - 1
 // (lanes <= 8) of a stack (plane q at in + q*h*w, out + q*oh*ow; its kernel (and bias) those of channel
 // ch(q)), with plane i in vector lane i. pad holds (h + 2D) x (w + 2D) x 8 floats.
@@ -124,9 +133,8 @@ inline void dw_lanes8(const float *in, float *out, int64_t q0, int lanes, Ch ch,
     float *row = pad + 8 * (y + D) * pw;
     std::memset(row, 0, sizeof(float) * 8 * D);
     std::memset(row + 8 * (w + D), 0, sizeof(float) * 8 * D);
-    for (int64_t x = 0; x < w; ++x)
-      for (int l = 0; l < 8; ++l) row[8 * (x + D) + l] = l < lanes ? in[(q0 + l) * h * w + y * w + x] : 0.f;
   }
+  to_lanes8(in + q0 * h * w, lanes, h, w, D, pad);
   const v8f zero{}, six = zero + 6.f;
   for (int64_t oy = 0; oy < oh; ++oy)
     for (int64_t ox = 0; ox < ow; ++ox) {
