@@ -44,15 +44,17 @@ class PooledFeatures:
     """The network up to global average pooling, in eval mode: images -> (N, num_features) numpy."""
 
     def __init__(self, net) -> None:
-        from mindspore import nn, ops
+        from mindspore import nn
+
+        from ..models.mobilenetv2 import GlobalAvgPool
 
         class _Pooled(nn.Cell):
             def __init__(self, features):
                 super().__init__(auto_prefix=False)
-                self.features = features
+                self.features, self.pool = features, GlobalAvgPool()
 
             def construct(self, x):
-                return ops.mean(self.features(x), (2, 3), False)
+                return self.pool(self.features(x))
 
         self.cell = _Pooled(net.features)
 

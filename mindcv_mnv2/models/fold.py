@@ -20,7 +20,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 
-from .mobilenetv2 import InvertedResidual, MobileNetV2
+from .mobilenetv2 import GlobalAvgPool, InvertedResidual, MobileNetV2
 
 __all__ = ["FoldedMobileNetV2", "fold_conv_bn"]
 
@@ -164,6 +164,7 @@ class FoldedMobileNetV2(nn.Cell):
         dense = net.classifier[1]
         self.classifier = nn.Dense(dense.in_channels, dense.out_channels)
         self.head = None if make_head is None else make_head(self.classifier.weight, self.classifier.bias)
+        self.pool = GlobalAvgPool()  # used without a fused head
         self.refresh({p.name: p.asnumpy() for p in net.get_parameters()})
 
     def refresh(self, tensors: Mapping[str, Any]) -> None:
@@ -183,7 +184,7 @@ class FoldedMobileNetV2(nn.Cell):
     def construct(self, x):
         x = self.features(x)
         if self.head is None:
-            return self.classifier(ops.mean(x, (2, 3), False))
+            return self.classifier(self.pool(x))
         return self.head(x)
 
 
