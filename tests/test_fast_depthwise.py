@@ -38,7 +38,8 @@ def _grads(layer, x: np.ndarray, r: np.ndarray):
     ((2, 4, 2, 2), 2, 1), ((2, 2, 1, 5), 2, 1), ((2, 3, 6, 7), 1, 2), ((2, 3, 2, 2), 1, 2), ((2, 3, 9, 5), 1, 4),
     ((1, 2, 3, 3), 1, 4), ((1, 2, 5, 21), 2, 1), ((1, 2, 4, 34), 2, 1),
     # narrow maps run 8 channels per vector: whole groups of 8, a partial one, groups across images
-    ((2, 12, 6, 6), 1, 1), ((3, 16, 5, 4), 2, 1), ((2, 10, 4, 4), 1, 2), ((2, 9, 2, 2), 1, 4)])
+    ((2, 12, 6, 6), 1, 1), ((3, 16, 5, 4), 2, 1), ((2, 10, 4, 4), 1, 2), ((2, 9, 2, 2), 1, 4),
+    ((4, 6, 8, 8), 2, 1), ((2, 9, 7, 15), 2, 1)])
 def test_forward_and_gradients_match_conv2d(pynative, shape, stride, dilation):
     """Output, input gradient and weight gradient equal nn.Conv2d(group=C) to float rounding (odd sizes too)."""
     rng = np.random.default_rng(sum(shape) + stride + 10 * dilation)
