@@ -10,8 +10,8 @@ from mindcv_mnv2.engine.evaluator import EvalNet  # noqa: E402
 from mindcv_mnv2.models import MobileNetV2  # noqa: E402
 from mindcv_mnv2.models.fold import FoldedMobileNetV2, fold_conv_bn  # noqa: E402
 from mindcv_mnv2.ops import swap_depthwise  # noqa: E402
-from mindcv_mnv2.ops.folded import (fused_block, fused_chain, fused_conv, fused_depthwise,  # noqa: E402
-                                    fused_epilogue, fused_head)
+from mindcv_mnv2.ops.folded import (fused_block, fused_conv, fused_depthwise, fused_epilogue,  # noqa: E402
+                                    fused_head)
 
 pytestmark = [pytest.mark.usefixtures("pynative"), pytest.mark.numerics]  # PyNative: no graph compiles
 
@@ -72,34 +72,26 @@ def test_folded_network_equals_unfolded(width, kw):
     plain.set_train(False)
     swap_depthwise(net)  # as on CPU: the fused C++ kernels take the swapped network
     per_layer = FoldedMobileNetV2(net, fused_epilogue, fused_depthwise)  # MindSpore's 1x1 convs
-    fused = FoldedMobileNetV2(net, fused_epilogue, fused_depthwise, fused_conv, fused_block, fused_head)
-    chained = FoldedMobileNetV2(net, fused_epilogue, fused_depthwise, fused_conv, fused_block, fused_head,
-                                fused_chain)  # EvalNet's
-    for folded in (per_layer, fused, chained):
-        folded.set_train(False)
+    fused = FoldedMobileNetV2(net, fused_epilogue, fused_depthwise, fused_conv, fused_block, fused_head)  # EvalNet's
+    per_layer.set_train(False)
+    fused.set_train(False)
     kinds = [type(c).__name__ for c in fused.features]
     if not kw:  # every block is one operator, and the stem and the last conv are C++ products
         assert kinds[0] == kinds[-1] == "AotConvBias" and kinds[1] == "AotBlockNoExpand"
         assert set(kinds[2:-1]) == {"AotBlock"}, kinds
-        assert type(chained.chain).__name__ == "AotChain"  # ... and all of them one operator
     else:  # dilated (os8) and TF-padded layers keep the per-layer path: still exact, checked below
         assert "_FoldedBlock" in kinds and "AotBlock" in kinds, kinds
-        assert chained.chain is None
 
     def errors(folded):
         return {"logits": np.abs(folded(x).asnumpy() - ref).max(),
                 "maps": np.abs(folded.features(x).asnumpy() - ref_maps).max()}
 
-    for name, folded in (("plain ops", plain), ("C++ per layer", per_layer), ("C++ blocks", fused),
-                         ("C++ chain", chained)):
+    for name, folded in (("plain ops", plain), ("C++ per layer", per_layer), ("C++ blocks", fused)):
         err = errors(folded)
         assert all(err[k] <= bound[k] for k in err), (name, err, bound)
-    # the chain runs the blocks' own kernels in the same order: the same numbers, at batch 1 too
-    for xb in (x, x[:1]):
-        np.testing.assert_array_equal(chained(xb).asnumpy(), fused(xb).asnumpy())
-    cell = chained._sources[len(chained._sources) // 2][0]
+    cell = fused._sources[len(fused._sources) // 2][0]
     cell.bias.set_data(ms.Tensor(np.zeros(cell.bias.shape, np.float32)))  # one layer's folded shift lost
-    assert errors(chained)["logits"] > 10 * bound["logits"]  # (the fused block and chain read that Parameter)
+    assert errors(fused)["logits"] > 10 * bound["logits"]  # (the fused block reads the same Parameter)
     assert not any(p.name.endswith("gamma") for p in fused.get_parameters())  # no BatchNorm left
 
 
@@ -113,7 +105,7 @@ def test_eval_net_folds_on_the_cpu_kernel_and_refreshes_from_ema():
     want = other(ms.Tensor(x)).asnumpy()
     swap_depthwise(net)
     ev = EvalNet(net)
-    assert ev.folded and type(ev.net.chain).__name__ == "AotChain"  # refresh must reach the chain's steps
+    assert ev.folded
     ev.load_from(ema, prefix="ema.")
     got = ev(x)
     assert np.abs(got - want).max() <= 1e-3 * np.abs(want).max()  # EMA weights, not the raw ones (0.9x)

@@ -75,11 +75,9 @@ class EvalNet:
         self._names = [p.name for p in net.get_parameters()]
         if amp_level == "O0" and kernel_in_use(net) == "aot":
             from ..models.fold import FoldedMobileNetV2
-            from ..ops.folded import (fused_block, fused_chain, fused_conv, fused_depthwise, fused_epilogue,
-                                      fused_head)
+            from ..ops.folded import fused_block, fused_conv, fused_depthwise, fused_epilogue, fused_head
 
-            net = FoldedMobileNetV2(net, fused_epilogue, fused_depthwise, fused_conv, fused_block, fused_head,
-                                    fused_chain)
+            net = FoldedMobileNetV2(net, fused_epilogue, fused_depthwise, fused_conv, fused_block, fused_head)
         self.net = net
         self.folded = hasattr(net, "refresh")
         self.net.set_train(False)

@@ -10,8 +10,8 @@ copy is rebuilt from the trained network's tensors (``refresh``).
 How each layer runs is pluggable: plain MindSpore ops by default (any device, exportable), or fused
 kernels from factories (engine.evaluator passes the C++ ones of mindcv_mnv2.ops.folded on CPU): an
 epilogue after a convolution, a depthwise layer, a whole convolution with its epilogue, a whole
-inverted-residual block, the pool with the classifier, and the whole network as one chain of
-those. A factory returns None for a layer it does not take, which then stays plain.
+inverted-residual block, and the pool with the classifier. A factory returns None for a layer it
+does not take, which then stays plain.
 """
 from __future__ import annotations
 
@@ -34,8 +34,6 @@ ConvFactory = Callable[[nn.Cell, Parameter, Parameter, bool, bool], Optional[nn.
 BlockFactory = Callable[[List[Tuple[nn.Cell, Parameter, Parameter, bool]], bool], Optional[nn.Cell]]
 # make_head(weight, bias) -> Cell: feature map (N, C, H, W) -> logits, the pool and the classifier
 HeadFactory = Callable[[Parameter, Parameter], nn.Cell]
-# make_chain([layer cells..., head]) -> one Cell computing all of them in turn (images -> logits), or None
-ChainFactory = Callable[[List[nn.Cell]], Optional[nn.Cell]]
 
 
 def fold_conv_bn(weight: np.ndarray, gamma: np.ndarray, beta: np.ndarray, mean: np.ndarray, var: np.ndarray,
@@ -115,8 +113,7 @@ class FoldedMobileNetV2(nn.Cell):
 
     def __init__(self, net: MobileNetV2, make_epilogue: Optional[EpilogueFactory] = None,
                  make_depthwise: Optional[DepthwiseFactory] = None, make_conv: Optional[ConvFactory] = None,
-                 make_block: Optional[BlockFactory] = None, make_head: Optional[HeadFactory] = None,
-                 make_chain: Optional[ChainFactory] = None) -> None:
+                 make_block: Optional[BlockFactory] = None, make_head: Optional[HeadFactory] = None) -> None:
         super().__init__()
         make_epilogue = make_epilogue or Epilogue
         self.num_classes = net.num_classes
@@ -168,10 +165,6 @@ class FoldedMobileNetV2(nn.Cell):
         self.classifier = nn.Dense(dense.in_channels, dense.out_channels)
         self.head = None if make_head is None else make_head(self.classifier.weight, self.classifier.bias)
         self.pool = GlobalAvgPool()  # used without a fused head
-        # images -> logits in one cell, reading the layers' own Parameters (None: layer by layer)
-        self.chain = None
-        if make_chain is not None and self.head is not None:
-            self.chain = make_chain(list(layers) + [self.head])
         self.refresh({p.name: p.asnumpy() for p in net.get_parameters()})
 
     def refresh(self, tensors: Mapping[str, Any]) -> None:
@@ -189,8 +182,6 @@ class FoldedMobileNetV2(nn.Cell):
         self.classifier.bias.set_data(Tensor(arr("classifier.1.bias")))
 
     def construct(self, x):
-        if self.chain is not None:
-            return self.chain(x)
         x = self.features(x)
         if self.head is None:
             return self.classifier(self.pool(x))

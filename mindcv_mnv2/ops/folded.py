@@ -9,16 +9,13 @@ C++ kernels, or None where a layer does not fit them (it then keeps plain MindSp
   epilogue fused (pointwise.cc), in place of MindSpore's Conv2D (oneDNN on NCHW) + epilogue;
 - :func:`fused_block`: a whole inverted-residual block as one operator (pointwise.cc), run image by
   image so the expanded activations stay in cache;
-- :func:`fused_head`: the global average pool and the classifier;
-- :func:`fused_chain`: all of the above, when every layer has its kernel, as one operator (one
-  launch per batch instead of one per layer).
+- :func:`fused_head`: the global average pool and the classifier.
 
 Inference only: these cells have no gradient. Each reads the folded copy's own Parameters
 (``refresh`` updates them in place), so the weights are shared, not copied.
 """
 from __future__ import annotations
 
-import ctypes
 from functools import lru_cache
 from typing import List, Optional, Sequence, Tuple
 
@@ -53,23 +50,12 @@ def _geometry(conv) -> Optional[Tuple[str, int, int]]:
 @lru_cache(maxsize=None)
 def _classes():
     """The cell classes, built lazily so importing this module needs no MindSpore."""
-    import mindspore as ms
-    import numpy as np
     from mindspore import nn, ops
 
     lib = str(build_library())
 
     def custom(name: str, out_shape):
         return ops.Custom(f"{lib}:{name}", out_shape=out_shape, out_dtype=lambda *ts: ts[0], func_type="aot")
-
-    class Kernel(nn.Cell):
-        """A cell that is one C++ operator over (x, *tensors()): a step fused_chain can take."""
-
-        kernel = ""
-
-        def tensors(self) -> tuple:
-            """The operator's inputs after x, in order."""
-            return ()
 
     class AotEpilogue(nn.Cell):
         """``y + bias`` (then ReLU6) (then + residual) in one C++ pass."""
@@ -100,17 +86,14 @@ def _classes():
         def construct(self, x):
             return self.op(x, self.weight, self.bias)
 
-    class AotConvBias(Kernel):
+    class AotConvBias(nn.Cell):
         """A 1x1 convolution (or the 3x3 stem) + bias (+ ReLU6) as one packed matrix product."""
 
         def __init__(self, weight, bias, name: str, stride: int) -> None:
             super().__init__()
             self.op = custom(name, lambda xs, ws, bs: [xs[0], ws[0], _out_hw(xs[2], stride),
                                                        _out_hw(xs[3], stride)])
-            self.weight, self.bias, self.kernel = weight, bias, name
-
-        def tensors(self) -> tuple:
-            return self.weight, self.bias
+            self.weight, self.bias = weight, bias
 
         def construct(self, x):
             return self.op(x, self.weight, self.bias)
@@ -129,78 +112,41 @@ def _classes():
     def block_shape(stride: int):
         return lambda xs, *rest: [xs[0], rest[-2][0], _out_hw(xs[2], stride), _out_hw(xs[3], stride)]
 
-    class AotBlock(Kernel):
+    class AotBlock(nn.Cell):
         """A whole inverted-residual block (expand, depthwise, project [+ input]) as one operator."""
 
         def __init__(self, params: Sequence[object], stride: int, residual: bool) -> None:
             super().__init__()
-            self.kernel = f"IrBlockS{stride}{'Res' if residual else ''}"
-            self.op = custom(self.kernel, block_shape(stride))
+            self.op = custom(f"IrBlockS{stride}{'Res' if residual else ''}", block_shape(stride))
             self.w1, self.b1, self.wd, self.bd, self.w2, self.b2 = params
-
-        def tensors(self) -> tuple:
-            return self.w1, self.b1, self.wd, self.bd, self.w2, self.b2
 
         def construct(self, x):
             return self.op(x, self.w1, self.b1, self.wd, self.bd, self.w2, self.b2)
 
-    class AotBlockNoExpand(Kernel):
+    class AotBlockNoExpand(nn.Cell):
         """The first block (expansion 1): depthwise and project as one operator."""
 
         def __init__(self, params: Sequence[object]) -> None:
             super().__init__()
-            self.kernel = "IrBlockNoExpandS1"
-            self.op = custom(self.kernel, block_shape(1))
+            self.op = custom("IrBlockNoExpandS1", block_shape(1))
             self.wd, self.bd, self.w2, self.b2 = params
-
-        def tensors(self) -> tuple:
-            return self.wd, self.bd, self.w2, self.b2
 
         def construct(self, x):
             return self.op(x, self.wd, self.bd, self.w2, self.b2)
 
-    class AotPoolDense(Kernel):
+    class AotPoolDense(nn.Cell):
         """Global average pool and the classifier, (N, C, H, W) -> (N, classes), in one C++ operator."""
 
         def __init__(self, weight, bias) -> None:
             super().__init__()
-            self.kernel = "PoolDense"
-            self.op = custom(self.kernel, lambda xs, ws, bs: [xs[0], ws[0]])
+            self.op = custom("PoolDense", lambda xs, ws, bs: [xs[0], ws[0]])
             self.weight, self.bias = weight, bias
-
-        def tensors(self) -> tuple:
-            return self.weight, self.bias
 
         def construct(self, x):
             return self.op(x, self.weight, self.bias)
 
-    class AotChain(nn.Cell):
-        """Kernel cells ending in the pool + classifier, run as one C++ operator (Chain in pointwise.cc).
-
-        MindSpore's CPU runtime spends 20-60 us launching each operator; the folded MobileNetV2 has ~20.
-        The steps read the same Parameters as the cells, so ``refresh`` reaches them.
-        """
-
-        def __init__(self, steps: Sequence[Kernel]) -> None:
-            super().__init__()
-            index = {name: i for i, name in enumerate(_chain_op_names(lib))}
-            self.plan = ms.Tensor(np.array([index[s.kernel] for s in steps], np.float32))
-            self.steps = ms.ParameterTuple([t for s in steps for t in s.tensors()])
-            self.op = custom("Chain", lambda xs, plan, *ts: [xs[0], ts[-1][0]])
-
-        def construct(self, x):
-            return self.op(x, self.plan, *self.steps)
-
     return (AotEpilogue, AotDepthwiseBias, AotConvBias, AotConvBiasResidual, AotBlock, AotBlockNoExpand,
-            AotPoolDense, AotChain)
-
-
-@lru_cache(maxsize=None)
-def _chain_op_names(lib: str) -> Tuple[str, ...]:
-    """The operators the C++ Chain runs, in the order its plan numbers them (its own table)."""
-    names = ctypes.CDLL(lib).ChainOpNames
-    names.restype = ctypes.c_char_p
-    return tuple(names().decode().split(","))
+            AotPoolDense)
 
 
 def fused_epilogue(relu6: bool, residual: bool):
@@ -232,18 +178,6 @@ def fused_conv(conv, weight, bias, relu6: bool, residual: bool):
 def fused_head(weight, bias):
     """Global average pool + classifier (weight: classes x C, bias: classes) on the C++ kernel."""
     return _classes()[6](weight, bias)
-
-
-def fused_chain(cells: Sequence[object]):
-    """The cells (the folded network's layers, then its head) as one C++ operator, or None.
-
-    Every cell must be one C++ operator the chain runs and the last the pool + classifier; a network
-    with a per-layer fallback anywhere (dilated or TF-padded layers) keeps its cells.
-    """
-    names = _chain_op_names(str(build_library()))
-    if not cells or any(getattr(c, "kernel", "") not in names for c in cells) or cells[-1].kernel != "PoolDense":
-        return None
-    return _classes()[7](list(cells))
 
 
 def fused_block(layers: List[LayerSpec], residual: bool):

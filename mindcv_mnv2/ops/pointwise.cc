@@ -11,7 +11,6 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
-#include <string>
 #include <vector>
 
 #include <omp.h>
@@ -46,18 +45,12 @@ constexpr int64_t STREAM_BYTES = 16 << 20;  // outputs above this bypass the cac
 // Per-thread scratch that outlives the call (OpenMP's threads persist): allocating it per call cost
 // a page fault per 4 KiB each time (glibc maps blocks over 128 KiB fresh). Contents are not cleared:
 // every user writes what it reads. One slot per simultaneous use; a slot only grows.
-enum Slot { A1, BIAS1, A2, BIAS2, BP, E, D, PAD, XT, YT, RT, TAIL, CHAIN0, CHAIN1, SLOTS };
+enum Slot { A1, BIAS1, A2, BIAS2, BP, E, D, PAD, XT, YT, RT, TAIL, SLOTS };
 inline float *scratch(Slot slot, int64_t size) {
   thread_local std::vector<float> bufs[SLOTS];
   std::vector<float> &b = bufs[slot];
   if (static_cast<int64_t>(b.size()) < size) b.resize(size);
   return b.data();
-}
-
-// As scratch, 64-byte aligned as MindSpore's own buffers are (the streamed stores need 32).
-inline float *aligned_scratch(Slot slot, int64_t size) {
-  const uintptr_t p = reinterpret_cast<uintptr_t>(scratch(slot, size + 16));
-  return reinterpret_cast<float *>((p + 63) & ~static_cast<uintptr_t>(63));
 }
 
 // Below this many multiply-adds an operator runs on the calling thread alone: waking a sleeping
@@ -597,102 +590,5 @@ IR_BLOCK(IrBlockS1, 1, true, false)
 IR_BLOCK(IrBlockS2, 2, true, false)
 IR_BLOCK(IrBlockS1Res, 1, true, true)
 IR_BLOCK(IrBlockNoExpandS1, 1, false, false)
-
-}  // extern "C"
-
-// A chain of the operators above run as one: each step's output is the next step's input, held in
-// this call's memory. MindSpore's CPU runtime spends 20-60 us launching each operator (and
-// allocating its output); the folded MobileNetV2's 20 operators paid for it on every batch.
-// inputs: x, plan (float32, one entry per step: its index in CHAIN_OPS), then every step's tensors
-// after x, step by step; output: the last step's output, (N, Cout, H', W') or (N, O) after PoolDense.
-namespace {
-
-typedef int (*AotFn)(int, void **, int *, int64_t **, const char **, void *, void *);
-struct ChainOp {
-  const char *name;
-  AotFn fn;
-  int tensors;  // inputs after x
-  int stride;   // 0: the output is (N, O), pooled
-};
-const ChainOp CHAIN_OPS[] = {
-    {"Conv3x3BiasRelu6S1", Conv3x3BiasRelu6S1, 2, 1}, {"Conv3x3BiasRelu6S2", Conv3x3BiasRelu6S2, 2, 2},
-    {"PwConvBias", PwConvBias, 2, 1},                 {"PwConvBiasRelu6", PwConvBiasRelu6, 2, 1},
-    {"IrBlockS1", IrBlockS1, 6, 1},                   {"IrBlockS2", IrBlockS2, 6, 2},
-    {"IrBlockS1Res", IrBlockS1Res, 6, 1},             {"IrBlockNoExpandS1", IrBlockNoExpandS1, 4, 1},
-    {"PoolDense", PoolDense, 2, 0},
-};
-constexpr int CHAIN_KINDS = sizeof(CHAIN_OPS) / sizeof(CHAIN_OPS[0]);
-
-}  // namespace
-
-extern "C" {
-
-// The names of CHAIN_OPS, comma-separated in plan order (read by mindcv_mnv2/ops/folded.py).
-const char *ChainOpNames() {
-  static std::string names;
-  if (names.empty())
-    for (int i = 0; i < CHAIN_KINDS; ++i) names += (i ? "," : "") + std::string(CHAIN_OPS[i].name);
-  return names.c_str();
-}
-
-int Chain(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *stream, void *extra) {
-  if (nparam < 3 || ndims[0] != 4 || ndims[1] != 1) return 1;
-  if (check_f32(nparam, dtypes)) return 2;
-  const int64_t steps = shapes[1][0];
-  const float *plan = static_cast<const float *>(params[1]);
-  int need = 3;  // x, plan, output
-  for (int64_t i = 0; i < steps; ++i) {
-    const int kind = static_cast<int>(plan[i]);
-    if (kind < 0 || kind >= CHAIN_KINDS || plan[i] != kind) return 3;
-    if (i + 1 < steps && CHAIN_OPS[kind].stride == 0) return 3;  // only the last step may pool
-    need += CHAIN_OPS[kind].tensors;
-  }
-  if (steps < 1 || need != nparam) return 1;
-  int64_t cur[4] = {shapes[0][0], shapes[0][1], shapes[0][2], shapes[0][3]};
-  const float *in = static_cast<const float *>(params[0]);
-  int next = 2;  // the first tensor of the current step
-  for (int64_t i = 0; i < steps; ++i) {
-    const ChainOp &op = CHAIN_OPS[static_cast<int>(plan[i])];
-    const int last = next + op.tensors - 1;  // a bias: its length is the step's output channels
-    int64_t out_shape[4] = {cur[0], shapes[last][0], 0, 0};
-    int out_ndim = 2;
-    if (op.stride) {
-      out_shape[2] = (cur[2] - 1) / op.stride + 1;
-      out_shape[3] = (cur[3] - 1) / op.stride + 1;
-      out_ndim = 4;
-    }
-    int64_t size = 1;
-    for (int d = 0; d < out_ndim; ++d) size *= out_shape[d];
-    float *out = i + 1 == steps ? static_cast<float *>(params[nparam - 1]) : aligned_scratch(i % 2 ? CHAIN1 : CHAIN0, size);
-    if (i + 1 == steps) {  // the output MindSpore allocated must be what the steps make
-      if (ndims[nparam - 1] != out_ndim) return 3;
-      for (int d = 0; d < out_ndim; ++d)
-        if (shapes[nparam - 1][d] != out_shape[d]) return 3;
-    }
-    void *p[8];
-    int nd[8];
-    int64_t *sh[8];
-    const char *dt[8];
-    const int np = op.tensors + 2;
-    p[0] = const_cast<float *>(in);
-    nd[0] = 4;
-    sh[0] = cur;
-    for (int t = 0; t < op.tensors; ++t) {
-      p[1 + t] = params[next + t];
-      nd[1 + t] = ndims[next + t];
-      sh[1 + t] = shapes[next + t];
-    }
-    p[np - 1] = out;
-    nd[np - 1] = out_ndim;
-    sh[np - 1] = out_shape;
-    for (int t = 0; t < np; ++t) dt[t] = "float32";
-    const int status = op.fn(np, p, nd, sh, dt, stream, extra);
-    if (status) return status;
-    std::copy(out_shape, out_shape + 4, cur);
-    in = out;
-    next += op.tensors;
-  }
-  return 0;
-}
 
 }  // extern "C"
