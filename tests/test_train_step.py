@@ -106,7 +106,7 @@ def _reference(opt: str, filt: str, params, batches, lrs, momentum=0.9, eps=1e-8
 def _step(net, opt_name, filt="norm_and_bias", lrs=LRS, **kw):
     opt = create_optimizer(net.trainable_params(), opt_name, lrs, momentum=0.9, weight_decay=WD,
                            weight_decay_filter=filt, eps=1e-8, rmsprop_decay=0.9,
-                           use_nesterov=kw.pop("use_nesterov", False))
+                           use_nesterov=kw.pop("use_nesterov", False), fused=kw.pop("fused", False))
     return TrainStep(net, create_loss("CE", OUT), opt, **kw)
 
 
@@ -132,6 +132,30 @@ def test_optimizer_update_matches_numpy(opt, filt, nesterov, pynative):
     if filt == "norm_and_bias":
         other = _reference(opt, "disable", start, batches, LRS, nesterov=nesterov)[-1]["norm.gamma"]
         assert np.abs(other - ref[-1]["norm.gamma"]).max() > 1e-4
+
+
+@pytest.mark.parametrize("mode", ["graph", "pynative"])
+@pytest.mark.parametrize("filt", ["norm_and_bias", "disable"])
+def test_fused_momentum_matches_numpy_and_keeps_the_slots(mode, filt, request):
+    """The one-operator momentum (CPU's C++ kernel) makes nn.Momentum's updates, schedule and decay
+    groups included, in both modes, and keeps nn.Momentum's state names (checkpoints and resume)."""
+    request.getfixturevalue(mode)
+    net = TinyNet()
+    start = _values(net)
+    step = _step(net, "momentum", filt, fused=True)
+    assert type(step.optimizer).__name__ == "FusedMomentum"
+    plain = create_optimizer(TinyNet().trainable_params(), "momentum", LRS, momentum=0.9, weight_decay=WD,
+                             weight_decay_filter=filt)
+    assert sorted(p.name for p in step.optimizer.get_parameters()) == sorted(p.name for p in plain.get_parameters())
+    batches = _batches(len(LRS))
+    ref = _reference("momentum", filt, start, batches, LRS)
+    for t, (x, y) in enumerate(batches):
+        step(Tensor(x), Tensor(y))
+        for name, got in _values(net).items():
+            np.testing.assert_allclose(got, ref[t][name], rtol=RTOL, atol=ATOL, err_msg=f"{mode} step {t + 1} {name}")
+    assert int(step.optimizer.global_step.asnumpy()[0]) == len(LRS)
+    moments = {p.name: p.asnumpy() for p in step.optimizer.moments}
+    assert all(np.abs(m).max() > 0 for m in moments.values()), moments  # the state is written in place
 
 
 @pytest.mark.parametrize("mode", ["graph", "pynative"])

@@ -187,12 +187,15 @@ def build_lr(cfg: Config, updates_per_epoch: int):
 
 
 def build_optimizer(cfg: Config, net, lr):
-    """Optimizer over the network's trainable parameters."""
+    """Optimizer over the network's trainable parameters (momentum as one C++ operator where the
+    network runs on the C++ kernels, i.e. on CPU, where training is float32)."""
+    from ..ops import kernel_in_use
     from ..optim import create_optimizer
 
+    fused = kernel_in_use(net) == "aot"
     return create_optimizer(net.trainable_params(), cfg.opt, lr, momentum=cfg.momentum,
                             weight_decay=cfg.weight_decay, weight_decay_filter=cfg.weight_decay_filter,
-                            use_nesterov=cfg.use_nesterov, eps=cfg.eps, rmsprop_decay=cfg.rmsprop_decay)
+                            use_nesterov=cfg.use_nesterov, eps=cfg.eps, rmsprop_decay=cfg.rmsprop_decay, fused=fused)
 
 
 def build_loss(cfg: Config, num_classes: int):

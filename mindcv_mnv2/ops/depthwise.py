@@ -26,9 +26,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Optional, Tuple
 
-# one shared library: the depthwise kernels, the training BatchNorm (+ ReLU6) kernels and the
-# inference (BatchNorm folded) convolutions and blocks; HEADERS are part of its hash
-SOURCES = tuple(Path(__file__).resolve().with_name(n) for n in ("depthwise.cc", "batchnorm.cc", "pointwise.cc"))
+# one shared library: the depthwise kernels, the training BatchNorm (+ ReLU6) kernels, the
+# inference (BatchNorm folded) convolutions and blocks, and the fused momentum update; HEADERS are
+# part of its hash
+SOURCES = tuple(Path(__file__).resolve().with_name(n)
+                for n in ("depthwise.cc", "batchnorm.cc", "pointwise.cc", "momentum.cc"))
 HEADERS = tuple(Path(__file__).resolve().with_name(n) for n in ("dw_plane.h",))
 from ..constants import DEPTHWISE_KERNELS as CHOICES  # noqa: E402
 BUILD_TIMEOUT_S = 300.0  # a compile takes ~10 s; past this the compiler is taken to hang
