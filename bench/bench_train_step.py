@@ -66,8 +66,9 @@ def ms_worker(args: argparse.Namespace) -> dict:
         swapped += swap_batchnorm(net)
     loss_fn = create_loss("CE", args.num_classes, 0.1)
     lr = np.full(10_000, 0.01, np.float32)
+    # fused momentum with the C++ kernels, as engine.builders chooses it for train.py
     opt = create_optimizer(net.trainable_params(), "momentum", lr, momentum=0.9, weight_decay=4e-5,
-                           weight_decay_filter="norm_and_bias")
+                           weight_decay_filter="norm_and_bias", fused=bool(args.aot_depthwise))
     step = TrainStep(net, loss_fn, opt, loss_scale=1024.0)
     step.set_train(True)
     rng = np.random.default_rng(0)
