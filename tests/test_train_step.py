@@ -184,11 +184,15 @@ def test_accumulated_update_is_the_mean_of_its_batches(mode, request):
         step(Tensor(batches[0][0]), Tensor(batches[0][1]))  # the update would ignore the sums
 
 
-def test_ema_follows_its_formula(pynative):
-    """ema <- d ema + (1 - d) w after each update, d = decay (1 - exp(-updates / 2000)) (MindCV's warm-up)."""
+@pytest.mark.parametrize("fused, mode", [(False, "pynative"), (True, "pynative"), (True, "graph")],
+                         ids=["nn.Momentum", "fused-pynative", "fused-graph"])
+def test_ema_follows_its_formula(fused, mode, request):
+    """ema <- d ema + (1 - d) w after each update, d = decay (1 - exp(-updates / 2000)) (MindCV's warm-up);
+    with the fused momentum too, whose in-place writes the EMA must read after (graph mode orders them)."""
+    request.getfixturevalue(mode)
     decay = 0.5  # far from 1, so EMA and raw weights differ by a lot after a few steps
     net = TinyNet()
-    step = _step(net, "momentum", ema_decay=decay)
+    step = _step(net, "momentum", ema_decay=decay, fused=fused)
     step.ema_updates.set_data(Tensor(4000.0, ms.float32))  # past the warm-up: d is within 7% of decay
     ema = {k: v.astype(np.float64) for k, v in _values(net).items()}  # EMA starts as a copy of the weights
     updates = 4000.0
