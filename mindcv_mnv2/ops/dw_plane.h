@@ -1,6 +1,7 @@
 // Depthwise 3x3 on one plane, shared by depthwise.cc (per-layer kernels) and pointwise.cc (the fused
 // inverted-residual block): stride S, dilation D, padding D, and the folded-BatchNorm epilogue ACT
-// (0 none, 1 + bias, 2 + bias then ReLU6). Header-only: both files are one library's sources.
+// (0 none, 1 + bias, 2 + bias then ReLU6). Header-only: both files are one library's sources, and
+// its check_f32 serves batchnorm.cc and momentum.cc too.
 #pragma once
 #include <algorithm>
 #include <cstdint>

@@ -1,7 +1,8 @@
 """Momentum SGD over every parameter in one C++ operator (momentum.cc), for training on CPU.
 
 ``nn.Momentum`` launches one ApplyMomentum per parameter, and its weight decay a Mul and an AddN per
-decayed one: for MobileNetV2 ~260 small kernels per step, each paying MindSpore's CPU launch cost.
+decayed one: for MobileNetV2 ~260 small kernels per step, 5-6% of the CPU demo's step (BENCHMARKS.md
+section 12).
 :func:`momentum_apply_all` returns the single custom operator that does all of it, declared to
 MindSpore as writing the weights and moments it is given (as ApplyMomentum is).
 """
