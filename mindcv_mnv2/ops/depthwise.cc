@@ -64,9 +64,7 @@ void grad_input_lanes8(const float *dy, const float *wt, float *dx, int64_t n, i
       const int64_t q0 = 8 * gi;
       const int lanes = static_cast<int>(std::min<int64_t>(8, planes - q0));
       v8f kv[9];
-      for (int t = 0; t < 9; ++t) kv[t] = v8f{};
-      for (int l = 0; l < lanes; ++l)
-        for (int t = 0; t < 9; ++t) kv[t][l] = wt[((q0 + l) % c) * 9 + t];
+      mnv2::taps_to_lanes8(wt, q0, lanes, [c](int64_t q) { return q % c; }, kv);
       mnv2::to_lanes8(dy + q0 * ohw, lanes, oh, ow, 0, g.data());
       std::fill(acc.begin(), acc.end(), 0.f);
       for (int64_t oy = 0; oy < oh; ++oy)

@@ -113,6 +113,15 @@ inline void to_lanes8(const float *src, int lanes, int64_t h, int64_t w, int64_t
       for (int l = 0; l < 8; ++l) dst[8 * ((y + d) * pw + x + d) + l] = l < lanes ? src[l * h * w + y * w + x] : 0.f;
 }
 
+// The nine taps of planes q0 .. q0 + lanes - 1 (plane q's kernel: that of channel ch(q), at wd + 9 ch(q))
+// as nine vectors, plane l's tap t in lane l of kv[t]; lanes past the last plane zero.
+template <class Ch>
+inline void taps_to_lanes8(const float *wd, int64_t q0, int lanes, Ch ch, v8f kv[9]) {
+  for (int t = 0; t < 9; ++t) kv[t] = v8f{};
+  for (int l = 0; l < lanes; ++l)
+    for (int t = 0; t < 9; ++t) kv[t][l] = wd[ch(q0 + l) * 9 + t];
+}
+
 // act(depthwise3x3(.)) (stride S, dilation and padding D; ACT as dw_plane's) of planes q0 .. q0 + lanes - 1
 // (lanes <= 8) of a stack (plane q at in + q*h*w, out + q*oh*ow; its kernel (and bias) those of channel
 // ch(q)), with plane i in vector lane i. pad holds (h + 2D) x (w + 2D) x 8 floats.
@@ -124,12 +133,9 @@ inline void dw_lanes8(const float *in, float *out, int64_t q0, int lanes, Ch ch,
   std::memset(pad, 0, sizeof(float) * 8 * pw * D);
   std::memset(pad + 8 * (h + D) * pw, 0, sizeof(float) * 8 * pw * D);
   v8f kv[9], bv{};
-  for (int t = 0; t < 9; ++t) kv[t] = v8f{};
-  for (int l = 0; l < lanes; ++l) {
-    const int64_t c = ch(q0 + l);
-    for (int t = 0; t < 9; ++t) kv[t][l] = wd[c * 9 + t];
-    if (ACT) bv[l] = bd[c];
-  }
+  taps_to_lanes8(wd, q0, lanes, ch, kv);
+  if (ACT)
+    for (int l = 0; l < lanes; ++l) bv[l] = bd[ch(q0 + l)];
   for (int64_t y = 0; y < h; ++y) {
     float *row = pad + 8 * (y + D) * pw;
     std::memset(row, 0, sizeof(float) * 8 * D);
