@@ -31,7 +31,7 @@ void forward(const float *x, const float *wt, float *y, int64_t n, int64_t c, in
     const int64_t planes = n * c, groups = (planes + 7) / 8;
 #pragma omp parallel
     {
-      std::vector<float> pad(8 * (h + 2 * D) * (w + 2 * D));
+      std::vector<float> pad(mnv2::lanes8_scratch(h, w, D, oh, ow));
 #pragma omp for schedule(static)
       for (int64_t g = 0; g < groups; ++g)
         mnv2::dw_lanes8<S, D, ACT>(x, y, 8 * g, static_cast<int>(std::min<int64_t>(8, planes - 8 * g)),
@@ -77,9 +77,7 @@ void grad_input_lanes8(const float *dy, const float *wt, float *dx, int64_t n, i
             mnv2::st(r + 16 * D, ld(r + 16 * D) + kv[ky * 3 + 2] * gv);
           }
         }
-      for (int l = 0; l < lanes; ++l)
-        for (int64_t y = 0; y < h; ++y)
-          for (int64_t x = 0; x < w; ++x) dx[(q0 + l) * h * w + y * w + x] = acc[8 * ((y + D) * pw + x + D) + l];
+      mnv2::from_lanes8(acc.data(), lanes, h, w, D, dx + q0 * h * w);
     }
   }
 }

@@ -104,13 +104,80 @@ inline void dw_plane(const float *in, const float *k, float b, float *out, int64
 // 3-14 pixels leaves most of an 8-wide vector idle and costs a plane's setup per few outputs.
 constexpr int64_t NARROW = 16;
 
+// r[i][j] <-> r[j][i]: an 8 x 8 block of floats transposed in registers (unpack, shuffle, then swap
+// 128-bit halves: 24 shuffles where element by element it took 64 scalar moves and lane tests).
+inline void transpose8(v8f r[8]) {
+  const v8i lo = {0, 8, 1, 9, 4, 12, 5, 13}, hi = {2, 10, 3, 11, 6, 14, 7, 15};
+  const v8i lo2 = {0, 1, 8, 9, 4, 5, 12, 13}, hi2 = {2, 3, 10, 11, 6, 7, 14, 15};
+  const v8i lo4 = {0, 1, 2, 3, 8, 9, 10, 11}, hi4 = {4, 5, 6, 7, 12, 13, 14, 15};
+  v8f t[8], s[8];
+  for (int i = 0; i < 4; ++i) {
+    t[2 * i] = __builtin_shuffle(r[2 * i], r[2 * i + 1], lo);
+    t[2 * i + 1] = __builtin_shuffle(r[2 * i], r[2 * i + 1], hi);
+  }
+  for (int i = 0; i < 2; ++i)
+    for (int j = 0; j < 2; ++j) {
+      s[4 * i + 2 * j] = __builtin_shuffle(t[4 * i + j], t[4 * i + j + 2], lo2);
+      s[4 * i + 2 * j + 1] = __builtin_shuffle(t[4 * i + j], t[4 * i + j + 2], hi2);
+    }
+  for (int i = 0; i < 4; ++i) {
+    r[i] = __builtin_shuffle(s[i], s[i + 4], lo4);
+    r[i + 4] = __builtin_shuffle(s[i], s[i + 4], hi4);
+  }
+}
+
+// Between planes (plane l at p + l*h*w, l < lanes) and the lanes of a (h + 2d) x (w + 2d) x 8 buffer
+// (pixel (y, x) of plane l at b + 8 * ((y + d) * (w + 2d) + x + d) + l), 8 pixels at a time through
+// transpose8. TO_LANES: in = planes, out = buffer, lanes past the last plane zero, the d-wide border
+// left as it is. Otherwise in = buffer, out = planes, lanes past the last plane dropped.
+template <bool TO_LANES>
+inline void lanes8_copy(const float *in, float *out, int lanes, int64_t h, int64_t w, int64_t d) {
+  const int64_t pw = w + 2 * d, hw = h * w;
+  int64_t y = 0, x = 0;  // of pixel p
+  auto at = [&]() { return 8 * ((y + d) * pw + x + d); };
+  auto next = [&]() {
+    if (++x == w) {
+      x = 0;
+      ++y;
+    }
+  };
+  int64_t p = 0;
+  for (; p + 8 <= hw; p += 8) {
+    v8f r[8];
+    if (TO_LANES) {
+      for (int l = 0; l < 8; ++l) r[l] = l < lanes ? ld(in + l * hw + p) : v8f{};
+      transpose8(r);
+      for (int k = 0; k < 8; ++k, next()) st(out + at(), r[k]);
+    } else {
+      for (int k = 0; k < 8; ++k, next()) r[k] = ld(in + at());
+      transpose8(r);
+      for (int l = 0; l < lanes; ++l) st(out + l * hw + p, r[l]);
+    }
+  }
+  for (; p < hw; ++p, next())
+    for (int l = 0; l < 8; ++l) {
+      if (TO_LANES)
+        out[at() + l] = l < lanes ? in[l * hw + p] : 0.f;
+      else if (l < lanes)
+        out[l * hw + p] = in[at() + l];
+    }
+}
+
 // Planes src, src + h*w, ... (lanes <= 8 of them) of h x w into the lanes of a (h + 2D) x (w + 2D) x 8
 // buffer, plane l in lane l, lanes past the last plane zero; the D-wide border is left as it is.
 inline void to_lanes8(const float *src, int lanes, int64_t h, int64_t w, int64_t d, float *dst) {
-  const int64_t pw = w + 2 * d;
-  for (int64_t y = 0; y < h; ++y)
-    for (int64_t x = 0; x < w; ++x)
-      for (int l = 0; l < 8; ++l) dst[8 * ((y + d) * pw + x + d) + l] = l < lanes ? src[l * h * w + y * w + x] : 0.f;
+  lanes8_copy<true>(src, dst, lanes, h, w, d);
+}
+
+// The inverse of to_lanes8: the interior of a (h + 2d) x (w + 2d) x 8 buffer's first `lanes` lanes into planes.
+inline void from_lanes8(const float *src, int lanes, int64_t h, int64_t w, int64_t d, float *dst) {
+  lanes8_copy<false>(src, dst, lanes, h, w, d);
+}
+
+// Floats of scratch that dw_lanes8 needs: the zero-bordered input and the output, 8 lanes each
+// (also enough for dw_plane's one padded plane).
+inline int64_t lanes8_scratch(int64_t h, int64_t w, int64_t d, int64_t oh, int64_t ow) {
+  return 8 * ((h + 2 * d) * (w + 2 * d) + oh * ow);
 }
 
 // The nine taps of planes q0 .. q0 + lanes - 1 (plane q's kernel: that of channel ch(q), at wd + 9 ch(q))
@@ -124,7 +191,7 @@ inline void taps_to_lanes8(const float *wd, int64_t q0, int lanes, Ch ch, v8f kv
 
 // act(depthwise3x3(.)) (stride S, dilation and padding D; ACT as dw_plane's) of planes q0 .. q0 + lanes - 1
 // (lanes <= 8) of a stack (plane q at in + q*h*w, out + q*oh*ow; its kernel (and bias) those of channel
-// ch(q)), with plane i in vector lane i. pad holds (h + 2D) x (w + 2D) x 8 floats.
+// ch(q)), with plane i in vector lane i. pad holds lanes8_scratch(h, w, D, oh, ow) floats.
 template <int S, int D, int ACT, class Ch>
 inline void dw_lanes8(const float *in, float *out, int64_t q0, int lanes, Ch ch, const float *wd, const float *bd,
                       int64_t h, int64_t w, int64_t oh, int64_t ow, float *pad) {
@@ -142,6 +209,7 @@ inline void dw_lanes8(const float *in, float *out, int64_t q0, int lanes, Ch ch,
     std::memset(row + 8 * (w + D), 0, sizeof(float) * 8 * D);
   }
   to_lanes8(in + q0 * h * w, lanes, h, w, D, pad);
+  float *res = pad + 8 * (h + 2 * D) * pw;  // the outputs, 8 lanes per pixel, until from_lanes8
   const v8f zero{}, six = zero + 6.f;
   for (int64_t oy = 0; oy < oh; ++oy)
     for (int64_t ox = 0; ox < ow; ++ox) {
@@ -154,12 +222,13 @@ inline void dw_lanes8(const float *in, float *out, int64_t q0, int lanes, Ch ch,
         acc = acc < zero ? zero : acc;
         acc = acc > six ? six : acc;
       }
-      for (int l = 0; l < lanes; ++l) out[(q0 + l) * oh * ow + oy * ow + ox] = acc[l];
+      st(res + 8 * (oy * ow + ox), acc);
     }
+  from_lanes8(res, lanes, oh, ow, 0, out + q0 * oh * ow);
 }
 
 // Planes [q0, q1) of a stack as in dw_lanes8 (bias, then ReLU6): plane by plane on wide maps, 8 at a
-// time on narrow ones. pad holds (h + 2) x (w + 2) x 8 floats.
+// time on narrow ones. pad holds lanes8_scratch(h, w, 1, oh, ow) floats.
 template <int S, class Ch>
 inline void dw_planes(const float *in, float *out, int64_t q0, int64_t q1, Ch ch, const float *wd, const float *bd,
                       int64_t h, int64_t w, int64_t oh, int64_t ow, float *pad) {

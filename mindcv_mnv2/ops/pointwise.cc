@@ -173,7 +173,11 @@ inline void tile_cols(ACol acol, BRow brow, int64_t k, const float *bias, float 
       }
     return;
   }
-  for (int i = 0; i < rows; ++i) {
+  // Unrolled with a constant row index: acc[i] indexed by a run-time row would put all the
+  // accumulators on the stack (zeroed there and stored back after the k loop on every tile).
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i) {
+    if (i >= rows) break;
     float row[W];
     for (int v = 0; v < NV; ++v) st(row + v * VW, acc[i][v]);
     for (int j = 0; j < cols; ++j) {
@@ -324,7 +328,7 @@ void ir_layers(const float *x, const float *w1, const float *b1, const float *wd
   const int64_t planes = n * hidden, groups = (planes + 7) / 8;
 #pragma omp parallel
   {
-    float *pad = scratch(PAD, 8 * (h + 2) * (w + 2));
+    float *pad = scratch(PAD, mnv2::lanes8_scratch(h, w, 1, oh, ow));
 #pragma omp for schedule(static)
     for (int64_t g = 0; g < groups; ++g)
       dw_planes<S>(ein, d, 8 * g, std::min(planes, 8 * g + 8), [hidden](int64_t q) { return q % hidden; }, wd, bd, h, w,
@@ -359,7 +363,7 @@ void ir_block(const float *x, const float *w1, const float *b1, const float *wd,
       const int64_t m = i1 - i0;
       float *xt = scratch(XT, m * cin * hw), *e = EXPAND ? scratch(E, m * hidden * hw) : nullptr;
       float *d = scratch(D, m * hidden * ohw), *yt = scratch(YT, m * cout * ohw);
-      float *pad = scratch(PAD, 8 * (h + 2) * (w + 2));
+      float *pad = scratch(PAD, mnv2::lanes8_scratch(h, w, 1, oh, ow));
       float *bp = scratch(BP, std::max(cin * block_pixels(cin), hidden * block_pixels(hidden)));
       swap_outer(x + i0 * cin * hw, xt, m, cin, hw);
       if (EXPAND) gemm_image<2, false>(xt, p1.a, p1.bias, nullptr, e, cin, m * hw, hidden, bp);
@@ -373,7 +377,7 @@ void ir_block(const float *x, const float *w1, const float *b1, const float *wd,
 #pragma omp parallel if (!serial)
   {
     float *e = EXPAND ? scratch(E, hidden * hw) : nullptr, *d = scratch(D, hidden * ohw);
-    float *pad = scratch(PAD, 8 * (h + 2) * (w + 2));
+    float *pad = scratch(PAD, mnv2::lanes8_scratch(h, w, 1, oh, ow));
     float *bp = scratch(BP, std::max(cin * block_pixels(cin), hidden * block_pixels(hidden)));
 #pragma omp for schedule(static)
     for (int64_t img = 0; img < n; ++img) {
