@@ -290,8 +290,11 @@ inline void swap_outer(const float *src, float *dst, int64_t a, int64_t b, int64
 }
 
 // Pixels per map at or below which a thread batches its images (measured: a 1x1 convolution gains
-// up to 7x7; a block only at 4x4 and below, where its expanded maps still fit in cache).
-constexpr int64_t SMALL_MAP = 64, SMALL_BLOCK_MAP = 16;
+// up to 7x7). A block batches its maps of SMALL_BLOCK_MAP pixels or fewer, as many images at a time
+// as keep their expanded maps within BLOCK_BATCH_BYTES (in L2): the 6x6 blocks of 0.35 @ 96 ran 11-22%
+// faster on 16 images at once than image by image. At 7x7 it was a wash (2 images of 1.0 @ 224: -6%,
+// 6 of 0.35 @ 224: +4%), so those stay image by image.
+constexpr int64_t SMALL_MAP = 64, SMALL_BLOCK_MAP = 36, BLOCK_BATCH_BYTES = 448 << 10;
 
 // This thread's share [i0, i1) of n images (a fixed partition: results do not depend on it).
 inline void my_images(int64_t n, int64_t *i0, int64_t *i1) {
@@ -349,8 +352,8 @@ void ir_layers(const float *x, const float *w1, const float *b1, const float *wd
 // An inverted-residual block with BatchNorm folded: relu6(W1 x + b1) [when EXPAND], relu6(dw(.) + bd)
 // with stride S, then W2 (.) + b2 [+ x when RES]. With at least one image per thread (or work too
 // small to share): each thread runs whole images through the three layers (its expanded planes
-// stay in its caches), maps of SMALL_BLOCK_MAP pixels or fewer all its images at once on the
-// (c, image, hw) layout. Otherwise (batch 1) layer by layer, every layer on all threads.
+// stay in its caches), small maps several images at once on the (c, image, hw) layout (see
+// BLOCK_BATCH_BYTES). Otherwise (batch 1) layer by layer, every layer on all threads.
 template <int S, bool EXPAND, bool RES>
 void ir_block(const float *x, const float *w1, const float *b1, const float *wd, const float *bd, const float *w2,
               const float *b2, float *y, int64_t n, int64_t cin, int64_t h, int64_t w, int64_t hidden,
@@ -364,22 +367,26 @@ void ir_block(const float *x, const float *w1, const float *b1, const float *wd,
   Packed p1;  // the expansion layer's weights; a block without one has nothing to pack
   if (EXPAND) p1 = Packed(w1, b1, hidden, cin);
   const Packed p2(w2, b2, cout, hidden, true);
-  if (hw <= SMALL_BLOCK_MAP) {  // each thread: its images at once, on the (c, image, hw) layout
+  const int64_t batch = std::max<int64_t>(1, BLOCK_BATCH_BYTES / (4 * hidden * hw));  // images at a time
+  if (hw <= SMALL_BLOCK_MAP && batch > 1) {  // each thread: its images in chunks, on the (c, image, hw) layout
 #pragma omp parallel if (!serial)
     {
       int64_t i0, i1;
       my_images(n, &i0, &i1);
-      const int64_t m = i1 - i0;
-      float *xt = scratch(XT, m * cin * hw), *e = EXPAND ? scratch(E, m * hidden * hw) : nullptr;
-      float *d = scratch(D, m * hidden * ohw), *yt = scratch(YT, m * cout * ohw);
+      const int64_t mc = std::min(batch, i1 - i0);
+      float *xt = scratch(XT, mc * cin * hw), *e = EXPAND ? scratch(E, mc * hidden * hw) : nullptr;
+      float *d = scratch(D, mc * hidden * ohw), *yt = scratch(YT, mc * cout * ohw);
       float *pad = scratch(PAD, mnv2::lanes8_scratch(h, w, 1, oh, ow));
       float *bp = scratch(BP, std::max(cin, hidden) * NR);
-      swap_outer(x + i0 * cin * hw, xt, m, cin, hw);
-      if (EXPAND) gemm_image<2, false>(xt, p1.a, p1.bias, nullptr, e, cin, m * hw, hidden, bp);
-      const float *ein = EXPAND ? e : xt;
-      dw_planes<S>(ein, d, 0, hidden * m, [m](int64_t q) { return q / m; }, wd, bd, h, w, oh, ow, pad);
-      gemm_image<1, RES>(d, p2.a, p2.bias, RES ? xt : nullptr, yt, hidden, m * ohw, cout, bp);
-      swap_outer(yt, y + i0 * cout * ohw, cout, m, ohw);
+      for (int64_t c0 = i0; c0 < i1; c0 += mc) {
+        const int64_t m = std::min(mc, i1 - c0);
+        swap_outer(x + c0 * cin * hw, xt, m, cin, hw);
+        if (EXPAND) gemm_image<2, false>(xt, p1.a, p1.bias, nullptr, e, cin, m * hw, hidden, bp);
+        const float *ein = EXPAND ? e : xt;
+        dw_planes<S>(ein, d, 0, hidden * m, [m](int64_t q) { return q / m; }, wd, bd, h, w, oh, ow, pad);
+        gemm_image<1, RES>(d, p2.a, p2.bias, RES ? xt : nullptr, yt, hidden, m * ohw, cout, bp);
+        swap_outer(yt, y + c0 * cout * ohw, cout, m, ohw);
+      }
     }
     return;
   }
