@@ -90,12 +90,16 @@ inline void streamv(float *p, vf v) {  // as 8-float halves: 32-byte alignment i
     stream(p + 8 * h, part);
   }
 }
-constexpr int64_t B_BLOCK_BYTES = 192 << 10;  // a block of B that every row panel sweeps stays in L2 (512 KiB and up)
+#ifndef MNV2_IN_PLACE_K
+#define MNV2_IN_PLACE_K 64
+#endif
+constexpr int64_t IN_PLACE_K = MNV2_IN_PLACE_K;  // see gemm_block
+constexpr int64_t B_BLOCK_BYTES = 192 << 10;  // a (packed) block of B that every row panel sweeps stays in L2 (512 KiB and up)
 
-// Pixels per block of B: long rows for the prefetcher when K is small, at least 4 strips.
+// Pixels per packed block: long rows for the prefetcher when K is small, at least 4 strips.
 constexpr int64_t MAX_BLOCK = 1024;
 inline int64_t block_pixels(int64_t k) {
-  // whole strips only: a block's partial strip is the plane's last (an NR of 48 overflowed 1024)
+  // whole strips only: pack_b fills ceil(pixels / NR) strips of the block (an NR of 48 overflowed 1024)
   return std::max<int64_t>(4 * NR, std::min<int64_t>(MAX_BLOCK / NR * NR, B_BLOCK_BYTES / (4 * k) / NR * NR));
 }
 
@@ -208,15 +212,18 @@ inline void tile(const float *ap, const float *bp, int64_t k, const float *bias,
 }
 
 // The pixels [p0, p0 + nc) and the row panels [rb0, rb1) of one image's y (cout x p) = A x (k x p),
-// then the epilogue. ap: A packed by pack_a; bias padded to whole panels; bp: scratch of k * NR floats.
-// The tiles read their rows of B where they are in x (as the stem's do); only a last partial strip is
-// copied, zero-padded. Packing the whole block first cost 3% of the inference network at 0.35 @ 96
-// (no difference measured at 1.0 @ 224).
+// then the epilogue. ap: A packed by pack_a; bias padded to whole panels; bp: scratch of k * nc floats.
+// With k <= IN_PLACE_K the tiles read their rows of B where they are in x (as the stem's do) and only
+// a plane's last partial strip is copied, zero-padded: packing cost 3% of the inference network at
+// 0.35 @ 96, most of it in the blocks' small-k expansions. Deeper B is packed: read in place, its
+// k rows of 16 floats (two cache lines each when a row of x is not 64-byte aligned, as at 7x7) made
+// the 7x7 blocks and the last 1x1 convolution of 1.0 @ 224 5-12% slower.
 template <int ACT, bool RES>
 void gemm_block(const float *x, const float *ap, const float *bias, const float *res, float *y, int64_t k,
                 int64_t cout, int64_t p, int64_t p0, int64_t nc, int64_t rb0, int64_t rb1, float *bp) {
-  const int64_t cols_block = std::min<int64_t>(nc, p - p0), full = cols_block / NR;  // whole strips
-  if (full * NR < cols_block) pack_b(x, k, p, p0 + full * NR, NR, bp);
+  const int64_t cols_block = std::min<int64_t>(nc, p - p0);
+  const int64_t full = k <= IN_PLACE_K ? cols_block / NR : 0;  // strips read in place
+  if (full * NR < cols_block) pack_b(x, k, p, p0 + full * NR, nc - full * NR, bp);
   for (int64_t b = rb0; b < rb1; ++b) {
     const int rows = static_cast<int>(std::min<int64_t>(MR, cout - b * MR));
     for (int64_t s = 0; s * NR < cols_block; ++s) {
@@ -228,7 +235,7 @@ void gemm_block(const float *x, const float *ap, const float *bias, const float 
         tile_rows<ACT, RES>(ap + b * MR * k, [xs, p](int64_t kk) { return xs + kk * p; }, k, bias + b * MR, y + off,
                             r, p, rows, cols);
       } else {
-        tile<ACT, RES>(ap + b * MR * k, bp, k, bias + b * MR, y + off, r, p, rows, cols);
+        tile<ACT, RES>(ap + b * MR * k, bp + (s - full) * k * NR, k, bias + b * MR, y + off, r, p, rows, cols);
       }
     }
   }
@@ -271,7 +278,7 @@ void conv_gemm(const float *x, const float *wt, const float *bias, const float *
   const int64_t per_group = (rb + groups - 1) / groups;
 #pragma omp parallel if (n * p * cout * k >= SERIAL_MACS)
   {
-    float *bp = scratch(BP, k * NR);
+    float *bp = scratch(BP, k * nc);
 #pragma omp for collapse(3) schedule(static)
     for (int64_t img = 0; img < n; ++img)
       for (int64_t j = 0; j < jb; ++j)
@@ -319,7 +326,7 @@ void pointwise(const float *x, const float *wt, const float *bias, const float *
     my_images(n, &i0, &i1);
     const int64_t m = i1 - i0;
     float *xt = scratch(XT, m * cin * p), *rt = RES ? scratch(RT, m * cout * p) : nullptr;
-    float *yt = scratch(YT, m * cout * p), *bp = scratch(BP, cin * NR);
+    float *yt = scratch(YT, m * cout * p), *bp = scratch(BP, cin * block_pixels(cin));
     swap_outer(x + i0 * cin * p, xt, m, cin, p);
     if (RES) swap_outer(res + i0 * cout * p, rt, m, cout, p);
     gemm_image<ACT, RES>(xt, pk.a, pk.bias, rt, yt, cin, m * p, cout, bp);
@@ -377,7 +384,7 @@ void ir_block(const float *x, const float *w1, const float *b1, const float *wd,
       float *xt = scratch(XT, mc * cin * hw), *e = EXPAND ? scratch(E, mc * hidden * hw) : nullptr;
       float *d = scratch(D, mc * hidden * ohw), *yt = scratch(YT, mc * cout * ohw);
       float *pad = scratch(PAD, mnv2::lanes8_scratch(h, w, 1, oh, ow));
-      float *bp = scratch(BP, std::max(cin, hidden) * NR);
+      float *bp = scratch(BP, std::max(cin * block_pixels(cin), hidden * block_pixels(hidden)));
       for (int64_t c0 = i0; c0 < i1; c0 += mc) {
         const int64_t m = std::min(mc, i1 - c0);
         swap_outer(x + c0 * cin * hw, xt, m, cin, hw);
@@ -394,7 +401,7 @@ void ir_block(const float *x, const float *w1, const float *b1, const float *wd,
   {
     float *e = EXPAND ? scratch(E, hidden * hw) : nullptr, *d = scratch(D, hidden * ohw);
     float *pad = scratch(PAD, mnv2::lanes8_scratch(h, w, 1, oh, ow));
-    float *bp = scratch(BP, std::max(cin, hidden) * NR);
+    float *bp = scratch(BP, std::max(cin * block_pixels(cin), hidden * block_pixels(hidden)));
 #pragma omp for schedule(static)
     for (int64_t img = 0; img < n; ++img) {
       const float *xi = x + img * cin * hw;
