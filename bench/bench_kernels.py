@@ -119,11 +119,13 @@ def main(argv=None) -> int:
 
     if args.lib is not None and not os.path.isfile(args.lib):
         ap.error(f"--lib {args.lib}: no such file")
-    if args.lib is None:
-        from mindcv_mnv2.ops.depthwise import build_library
+    from mindcv_mnv2.ops.depthwise import configure_team, kernel_library
 
-        args.lib = str(build_library())
+    if args.lib is None:
+        args.lib = kernel_library()
     lib = ctypes.CDLL(args.lib)
+    if hasattr(lib, "Mnv2TeamConfigure"):  # builds before the thread team (team.h) ran on OpenMP
+        configure_team(args.lib)
     cases = [(0.35, 32, 4)] if args.quick else [(0.35, 96, 32), (1.0, 224, 32)]
     reps = 2 if args.quick else args.reps
     results = [measure(lib, w, s, b, reps) for w, s, b in cases]

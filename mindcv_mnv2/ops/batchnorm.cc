@@ -11,6 +11,7 @@
 #include <cstring>
 
 #include "dw_plane.h"
+#include "team.h"
 
 namespace {
 
@@ -24,8 +25,7 @@ void bn_forward(const float *x, const float *gamma, const float *beta, float *y,
                 float *moving_mean, float *moving_var, double w, int64_t n, int64_t c, int64_t hw, float eps) {
   const double m = static_cast<double>(n * hw);
   const double unbias = m / std::max(m - 1.0, 1.0);
-#pragma omp parallel for schedule(static)
-  for (int64_t ch = 0; ch < c; ++ch) {
+  mnv2::parallel_for(c, [&](int64_t ch) {
     double s = 0.0, ss = 0.0;
     for (int64_t b = 0; b < n; ++b) {
       const float *p = x + (b * c + ch) * hw;
@@ -57,7 +57,7 @@ void bn_forward(const float *x, const float *gamma, const float *beta, float *y,
         q[i] = v;
       }
     }
-  }
+  });
 }
 
 // ReLU6's gradient from its output: d where 0 < y < 6, else 0; a product, not a branch (masks are random)
@@ -70,8 +70,7 @@ void bn_backward(const float *x, const float *gamma, const float *mean, const fl
                  const float *dy, float *dx, float *dgamma, float *dbeta, int64_t n, int64_t c, int64_t hw,
                  float eps) {
   const double m = static_cast<double>(n * hw);
-#pragma omp parallel for schedule(static)
-  for (int64_t ch = 0; ch < c; ++ch) {
+  mnv2::parallel_for(c, [&](int64_t ch) {
     const float mu = mean[ch];
     double sdz = 0.0, sdzx = 0.0;
     for (int64_t b = 0; b < n; ++b) {
@@ -105,7 +104,7 @@ void bn_backward(const float *x, const float *gamma, const float *mean, const fl
         q[i] = fa * ((d - mdz) - (px[i] - mu) * k);
       }
     }
-  }
+  });
 }
 
 }  // namespace

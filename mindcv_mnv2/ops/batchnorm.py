@@ -7,13 +7,13 @@ right after it, which the kernel applies in the same pass) in place, keeping its
 layers. Training mode normalises with the batch statistics and updates the moving ones exactly
 as ``nn.BatchNorm2d`` does (momentum, unbiased variance); eval mode uses the moving statistics.
 Results agree with nn.BatchNorm2d + nn.ReLU6 to float rounding (tests/test_fast_batchnorm.py).
-Built together with the depthwise kernel (ops.depthwise.build_library), and used where it is.
+Built together with the depthwise kernel (ops.depthwise.kernel_library), and used where it is.
 """
 from __future__ import annotations
 
 from functools import lru_cache
 
-from .depthwise import build_library
+from .depthwise import kernel_library
 
 
 @lru_cache(maxsize=None)
@@ -23,7 +23,7 @@ def _cell_classes():
     from mindspore import Tensor, nn, ops
     from mindspore.ops import signature as sig
 
-    lib = str(build_library())
+    lib = kernel_library()
 
     class BnForward(ops.Custom):
         """The forward custom op, declared to MindSpore as writing its inputs 4 and 5 (the moving statistics).

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "dw_plane.h"
+#include "team.h"
 
 namespace {
 
@@ -29,24 +30,22 @@ void forward(const float *x, const float *wt, float *y, int64_t n, int64_t c, in
              int64_t oh, int64_t ow, const float *bias = nullptr) {
   if (w < mnv2::NARROW) {  // narrow maps: 8 planes at a time, one per vector lane (dw_lanes8)
     const int64_t planes = n * c, groups = (planes + 7) / 8;
-#pragma omp parallel
-    {
+    mnv2::parallel([&](int tid, int nt) {
       std::vector<float> pad(mnv2::lanes8_scratch(h, w, D, oh, ow));
-#pragma omp for schedule(static)
-      for (int64_t g = 0; g < groups; ++g)
+      mnv2::for_share(groups, tid, nt, [&](int64_t g) {
         mnv2::dw_lanes8<S, D, ACT>(x, y, 8 * g, static_cast<int>(std::min<int64_t>(8, planes - 8 * g)),
                                    [c](int64_t q) { return q % c; }, wt, bias, h, w, oh, ow, pad.data());
-    }
+      });
+    });
     return;
   }
-#pragma omp parallel
-  {
+  mnv2::parallel([&](int tid, int nt) {
     std::vector<float> pad((h + 2 * D) * (w + 2 * D));
-#pragma omp for schedule(static)
-    for (int64_t p = 0; p < n * c; ++p)
+    mnv2::for_share(n * c, tid, nt, [&](int64_t p) {
       dw_plane<S, D, ACT>(x + p * h * w, wt + (p % c) * 9, ACT ? bias[p % c] : 0.f, y + p * oh * ow, h, w, oh, ow,
                           pad.data());
-  }
+    });
+  });
 }
 
 // Stride 2 on maps narrower than mnv2::NARROW: 8 planes at a time, one per vector lane (as dw_lanes8),
@@ -56,11 +55,9 @@ template <int S, int D>
 void grad_input_lanes8(const float *dy, const float *wt, float *dx, int64_t n, int64_t c, int64_t h, int64_t w,
                        int64_t oh, int64_t ow) {
   const int64_t pw = w + 2 * D, planes = n * c, groups = (planes + 7) / 8, ohw = oh * ow;
-#pragma omp parallel
-  {
+  mnv2::parallel([&](int tid, int nt) {
     std::vector<float> acc(8 * (h + 2 * D) * pw), g(8 * ohw);
-#pragma omp for schedule(static)
-    for (int64_t gi = 0; gi < groups; ++gi) {
+    mnv2::for_share(groups, tid, nt, [&](int64_t gi) {
       const int64_t q0 = 8 * gi;
       const int lanes = static_cast<int>(std::min<int64_t>(8, planes - q0));
       v8f kv[9];
@@ -78,8 +75,8 @@ void grad_input_lanes8(const float *dy, const float *wt, float *dx, int64_t n, i
           }
         }
       mnv2::from_lanes8(acc.data(), lanes, h, w, D, dx + q0 * h * w);
-    }
-  }
+    });
+  });
 }
 
 template <int S, int D>
@@ -98,12 +95,10 @@ void grad_input(const float *dy, const float *wt, float *dx, int64_t n, int64_t 
     forward<1, D>(dy, flip.data(), dx, n, c, oh, ow, h, w);
     return;
   }
-#pragma omp parallel
-  {
+  mnv2::parallel([&](int tid, int nt) {
     const int64_t pw = w + 2 * D;
     std::vector<float> acc((h + 2 * D) * pw);
-#pragma omp for schedule(static)
-    for (int64_t p = 0; p < n * c; ++p) {
+    mnv2::for_share(n * c, tid, nt, [&](int64_t p) {
       const float *k = wt + (p % c) * 9;
       std::fill(acc.begin(), acc.end(), 0.f);
       const float *g = dy + p * oh * ow;
@@ -122,8 +117,8 @@ void grad_input(const float *dy, const float *wt, float *dx, int64_t n, int64_t 
       }
       float *out = dx + p * h * w;
       for (int64_t y = 0; y < h; ++y) std::memcpy(out + y * w, acc.data() + (y + D) * pw + D, sizeof(float) * w);
-    }
-  }
+    });
+  });
 }
 
 // Stride 1: the nine tap sums over 8 output columns at a time, in nine vector registers held over
@@ -132,12 +127,10 @@ template <int D>
 void grad_weight_s1(const float *x, const float *dy, float *dw, int64_t n, int64_t c, int64_t h, int64_t w) {
   const int64_t wb = (w + 7) / 8 * 8;
   const int64_t pw = wb + 2 * D;
-#pragma omp parallel
-  {
+  mnv2::parallel([&](int tid, int nt) {
     std::vector<float> pad((h + 2 * D) * pw, 0.f);
     std::vector<float> g(h * wb, 0.f);  // tail columns stay zero
-#pragma omp for schedule(static)
-    for (int64_t ch = 0; ch < c; ++ch) {
+    mnv2::for_share(c, tid, nt, [&](int64_t ch) {
       double sum[9] = {0, 0, 0, 0, 0, 0, 0, 0, 0};  // double: a sum over the whole batch
       for (int64_t b = 0; b < n; ++b) {
         const int64_t p = b * c + ch;
@@ -166,8 +159,8 @@ void grad_weight_s1(const float *x, const float *dy, float *dw, int64_t n, int64
         }
       }
       for (int i = 0; i < 9; ++i) dw[ch * 9 + i] = static_cast<float>(sum[i]);
-    }
-  }
+    });
+  });
 }
 
 // Maps narrower than mnv2::NARROW: 8 channels at a time, one per vector lane (as dw_lanes8), the nine
@@ -177,12 +170,10 @@ template <int S, int D>
 void grad_weight_lanes8(const float *x, const float *dy, float *dw, int64_t n, int64_t c, int64_t h, int64_t w,
                         int64_t oh, int64_t ow) {
   const int64_t pw = w + 2 * D, groups = (c + 7) / 8, ohw = oh * ow;
-#pragma omp parallel
-  {
+  mnv2::parallel([&](int tid, int nt) {
     std::vector<float> pad(8 * (h + 2 * D) * pw, 0.f);  // the zero border is never written
     std::vector<float> g(8 * ohw);
-#pragma omp for schedule(static)
-    for (int64_t gi = 0; gi < groups; ++gi) {
+    mnv2::for_share(groups, tid, nt, [&](int64_t gi) {
       const int64_t c0 = 8 * gi;
       const int lanes = static_cast<int>(std::min<int64_t>(8, c - c0));
       double sum[9][8] = {};
@@ -206,8 +197,8 @@ void grad_weight_lanes8(const float *x, const float *dy, float *dw, int64_t n, i
       }
       for (int l = 0; l < lanes; ++l)
         for (int t = 0; t < 9; ++t) dw[(c0 + l) * 9 + t] = static_cast<float>(sum[t][l]);
-    }
-  }
+    });
+  });
 }
 
 template <int S, int D>
@@ -221,16 +212,14 @@ void grad_weight(const float *x, const float *dy, float *dw, int64_t n, int64_t 
     grad_weight_s1<D>(x, dy, dw, n, c, h, w);
     return;
   }
-#pragma omp parallel
-  {
+  mnv2::parallel([&](int tid, int nt) {
     const int64_t pw = w + 2 * D;
     std::vector<float> pad((h + 2 * D) * pw);
     // Stride 2 (stride 1 returned above). One accumulator row per tap, summed down the plane with
     // vertical adds: a horizontal reduction per output row cost more than the products on
     // MobileNetV2's short rows (6-48).
     std::vector<float> acc(9 * ow);
-#pragma omp for schedule(static)
-    for (int64_t ch = 0; ch < c; ++ch) {
+    mnv2::for_share(c, tid, nt, [&](int64_t ch) {
       double sum[9] = {0, 0, 0, 0, 0, 0, 0, 0, 0};  // double: a sum over the whole batch
       for (int64_t b = 0; b < n; ++b) {
         const int64_t p = b * c + ch;
@@ -257,16 +246,15 @@ void grad_weight(const float *x, const float *dy, float *dw, int64_t n, int64_t 
         }
       }
       for (int i = 0; i < 9; ++i) dw[ch * 9 + i] = static_cast<float>(sum[i]);
-    }
-  }
+    });
+  });
 }
 
 // y = x + bias[channel] (ACT 1), then ReLU6 (ACT 2), plus a residual r (RES): the epilogue of a 1x1
 // convolution whose BatchNorm is folded into its weights, in one pass instead of MindSpore's 2-3.
 template <int ACT, bool RES>
 void bias_act(const float *x, const float *bias, const float *r, float *y, int64_t n, int64_t c, int64_t hw) {
-#pragma omp parallel for schedule(static)
-  for (int64_t p = 0; p < n * c; ++p) {
+  mnv2::parallel_for(n * c, [&](int64_t p) {
     const float b = bias[p % c];
     const float *xi = x + p * hw;
     const float *ri = RES ? r + p * hw : nullptr;
@@ -278,7 +266,7 @@ void bias_act(const float *x, const float *bias, const float *r, float *y, int64
       if (RES) v += ri[i];
       yo[i] = v;
     }
-  }
+  });
 }
 
 // With padding D and a 3x3 kernel dilated by D the output is ceil(in / S), whatever D is.
@@ -366,5 +354,19 @@ DW_ALL(1, 4)
 BIAS_ACT(BiasAdd, 1, false)
 BIAS_ACT(BiasRelu6, 2, false)
 BIAS_ACT(BiasAddResidual, 1, true)
+
+}  // extern "C"
+
+extern "C" {
+
+// Sets the kernels' team (team.h): its size, if it does not exist yet (threads > 0; later calls
+// cannot resize it), and how long (microseconds) an idle worker spins before it sleeps (spin_us >= 0).
+// Returns the team's size. Called through ctypes by mindcv_mnv2.ops before the first kernel runs.
+int Mnv2TeamConfigure(int threads, int64_t spin_us) {
+  if (threads > 0) mnv2::Team::requested_size().store(threads);
+  mnv2::Team &team = mnv2::Team::get();
+  if (spin_us >= 0) team.spin_ns().store(spin_us * 1000);
+  return team.size();
+}
 
 }  // extern "C"

@@ -16,22 +16,24 @@ model and flags, because ``-march=native`` code may not run on another CPU shari
 """
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import logging
 import os
 import shutil
 import subprocess
 import tempfile
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Iterator, Optional, Tuple
 
 # one shared library: the depthwise kernels, the training BatchNorm (+ ReLU6) kernels, the
 # inference (BatchNorm folded) convolutions and blocks, and the fused momentum update; HEADERS are
 # part of its hash
 SOURCES = tuple(Path(__file__).resolve().with_name(n)
                 for n in ("depthwise.cc", "batchnorm.cc", "pointwise.cc", "momentum.cc"))
-HEADERS = tuple(Path(__file__).resolve().with_name(n) for n in ("dw_plane.h",))
+HEADERS = tuple(Path(__file__).resolve().with_name(n) for n in ("dw_plane.h", "team.h"))
 from ..constants import DEPTHWISE_KERNELS as CHOICES  # noqa: E402
 BUILD_TIMEOUT_S = 300.0  # a compile takes ~10 s; past this the compiler is taken to hang
 # -march of the build: this CPU's own instructions unless MINDCV_MNV2_MARCH names a target
@@ -102,7 +104,7 @@ def build_library() -> Path:
     except OSError as exc:
         raise KernelBuildError(f"cannot write the kernel cache {out_dir} ({exc.strerror}): set MINDCV_MNV2_CACHE "
                                f"to a writable directory, or set depthwise_kernel: native") from None
-    cmd = [cxx, "-O3", f"-march={march}", "-fopenmp", "-shared", "-fPIC", *map(str, SOURCES), "-o", tmp]
+    cmd = [cxx, "-O3", f"-march={march}", "-fopenmp-simd", "-pthread", "-shared", "-fPIC", *map(str, SOURCES), "-o", tmp]
     try:
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
@@ -118,6 +120,53 @@ def build_library() -> Path:
             os.unlink(tmp)
     log.debug("built %s", lib)
     return lib
+
+
+# How long (microseconds) an idle thread of the kernels' team (team.h) spins before it sleeps. In
+# training MindSpore's own kernels run between ours and need the cores: spinning made the demo's step
+# up to 1.6x slower (300-1000 us), and never faster. Inference runs our kernels back to back: 300 us
+# spans the gaps, 4-7% faster than sleeping at once (BENCHMARKS.md section 12).
+TRAIN_SPIN_US = 0
+INFERENCE_SPIN_US = 300
+
+
+def _user_threads() -> int:
+    """The user's OMP_NUM_THREADS (0: unset or not a number); the team then uses every CPU it may."""
+    # os.environ is the process's environment as Python sees it: MindSpore sets OMP_NUM_THREADS=1
+    # in the C environment when it loads, which the C++ side would read instead.
+    value = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    return int(value) if value.isdigit() and int(value) > 0 else 0
+
+
+@lru_cache(maxsize=None)
+def _loaded(path: str) -> ctypes.CDLL:
+    lib = ctypes.CDLL(path)  # the handle MindSpore's custom operators get too: one library, one team
+    lib.Mnv2TeamConfigure.argtypes = [ctypes.c_int, ctypes.c_int64]
+    return lib
+
+
+def configure_team(path: str, spin_us: int = TRAIN_SPIN_US) -> int:
+    """Load a build of the kernels into this process and set up its thread team; the team's size."""
+    return _loaded(path).Mnv2TeamConfigure(_user_threads(), int(spin_us))
+
+
+@lru_cache(maxsize=None)
+def kernel_library() -> str:
+    """build_library()'s path, loaded into this process with its thread team set up (size and spin)."""
+    path = str(build_library())
+    log.debug("C++ kernels: %d threads", configure_team(path))
+    return path
+
+
+@contextmanager
+def inference_spin() -> Iterator[None]:
+    """Within: the kernels' idle threads spin INFERENCE_SPIN_US between kernels; after: TRAIN_SPIN_US again."""
+    path = kernel_library()
+    configure_team(path, INFERENCE_SPIN_US)
+    try:
+        yield
+    finally:
+        configure_team(path, TRAIN_SPIN_US)
 
 
 def resolve_kernel(choice: str, device_target: str) -> Tuple[str, Optional[str]]:
@@ -150,7 +199,7 @@ def _cell_classes():
     import mindspore as ms
     from mindspore import nn, ops
 
-    lib = str(build_library())
+    lib = kernel_library()
 
     class AotDepthwiseOp(nn.Cell):
         """y = depthwise3x3(x, w): C++ forward; bprop calls the C++ input and weight gradients."""

@@ -19,7 +19,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import List, Optional, Sequence, Tuple
 
-from .depthwise import _eligible, _out_hw, build_library
+from .depthwise import _eligible, _out_hw, kernel_library
 
 # (conv cell of the trained network, folded weight Parameter, folded bias Parameter, ReLU6 after it)
 LayerSpec = Tuple[object, object, object, bool]
@@ -52,7 +52,7 @@ def _classes():
     """The cell classes, built lazily so importing this module needs no MindSpore."""
     from mindspore import nn, ops
 
-    lib = str(build_library())
+    lib = kernel_library()
 
     def custom(name: str, out_shape):
         return ops.Custom(f"{lib}:{name}", out_shape=out_shape, out_dtype=lambda *ts: ts[0], func_type="aot")

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "dw_plane.h"
+#include "team.h"
 
 namespace {
 
@@ -47,8 +48,7 @@ int MomentumApplyAll(int nparam, void **params, int *ndims, int64_t **shapes, co
     for (int64_t s = 0; s < n; s += PIECE) pieces.emplace_back(i, s);
   }
   const int64_t count = static_cast<int64_t>(pieces.size());
-#pragma omp parallel for schedule(static) if (count > 1)
-  for (int64_t q = 0; q < count; ++q) {
+  mnv2::parallel_for(count, [&](int64_t q) {
     const int64_t i = pieces[q].first, s = pieces[q].second, e = std::min(size[i], s + PIECE);
     const float *g = static_cast<const float *>(params[3 + i]);
     float *w = static_cast<float *>(params[3 + p + i]), *m = static_cast<float *>(params[3 + 2 * p + i]);
@@ -65,7 +65,7 @@ int MomentumApplyAll(int nparam, void **params, int *ndims, int64_t **shapes, co
         w[j] = w[j] - lr * m[j];
       }
     }
-  }
+  }, count > 1);
   *static_cast<float *>(params[nparam - 1]) = 1.f;
   return 0;
 }

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from .depthwise import build_library
+from .depthwise import kernel_library
 
 
 @lru_cache(maxsize=None)
@@ -19,7 +19,7 @@ def momentum_apply_all(num_params: int):
     from mindspore import ops
     from mindspore.ops import signature as sig
 
-    lib = str(build_library())
+    lib = kernel_library()
     p = int(num_params)
     signature = ((sig.make_sig("lr"), sig.make_sig("momentum"), sig.make_sig("weight_decay"))
                  + tuple(sig.make_sig(f"grad{i}") for i in range(p))

@@ -13,9 +13,8 @@
 #include <cstring>
 #include <vector>
 
-#include <omp.h>
-
 #include "dw_plane.h"
+#include "team.h"
 
 namespace {
 
@@ -273,20 +272,20 @@ void conv_gemm(const float *x, const float *wt, const float *bias, const float *
   const Packed pk(wt, bias, cout, k);
   // Split the output channels into groups when there are too few pixel blocks to keep every thread
   // busy (batch 1, 7x7 maps); each group packs its own copy of the block.
-  const int64_t want = 4 * omp_get_max_threads();
+  const int64_t want = 4 * mnv2::threads();
   const int64_t groups = std::max<int64_t>(1, std::min<int64_t>(rb, (want + n * jb - 1) / (n * jb)));
   const int64_t per_group = (rb + groups - 1) / groups;
-#pragma omp parallel if (n * p * cout * k >= SERIAL_MACS)
-  {
-    float *bp = scratch(BP, k * nc);
-#pragma omp for collapse(3) schedule(static)
-    for (int64_t img = 0; img < n; ++img)
-      for (int64_t j = 0; j < jb; ++j)
-        for (int64_t g = 0; g < groups; ++g)
+  mnv2::parallel(
+      [&](int tid, int nt) {
+        float *bp = scratch(BP, k * nc);
+        mnv2::for_share(n * jb * groups, tid, nt, [&](int64_t q) {  // (image, pixel block, row group)
+          const int64_t img = q / (jb * groups), j = q / groups % jb, g = q % groups;
           gemm_block<ACT, RES>(x + img * k * p, pk.a, pk.bias, RES ? res + img * cout * p : nullptr,
                                y + img * cout * p, k, cout, p, j * nc, nc, g * per_group,
                                std::min(rb, (g + 1) * per_group), bp);
-  }
+        });
+      },
+      n * p * cout * k >= SERIAL_MACS);
 }
 
 // (a, b, hw) -> (b, a, hw) on this thread. With a thread's images inside each channel's row, their
@@ -303,9 +302,8 @@ inline void swap_outer(const float *src, float *dst, int64_t a, int64_t b, int64
 // 6 of 0.35 @ 224: +4%), so those stay image by image.
 constexpr int64_t SMALL_MAP = 64, SMALL_BLOCK_MAP = 36, BLOCK_BATCH_BYTES = 448 << 10;
 
-// This thread's share [i0, i1) of n images (a fixed partition: results do not depend on it).
-inline void my_images(int64_t n, int64_t *i0, int64_t *i1) {
-  const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
+// Thread t's share [i0, i1) of n images among nt (a fixed partition: results do not depend on it).
+inline void my_images(int64_t n, int t, int nt, int64_t *i0, int64_t *i1) {
   *i0 = n * t / nt;
   *i1 = n * (t + 1) / nt;
 }
@@ -315,23 +313,24 @@ template <int ACT, bool RES>
 void pointwise(const float *x, const float *wt, const float *bias, const float *res, float *y, int64_t n,
                int64_t cin, int64_t h, int64_t w, int64_t cout) {
   const int64_t p = h * w;
-  if (p > SMALL_MAP || n < omp_get_max_threads()) {
+  if (p > SMALL_MAP || n < mnv2::threads()) {
     conv_gemm<ACT, RES>(x, wt, bias, res, y, n, cin, h * w, cout);
     return;
   }
   const Packed pk(wt, bias, cout, cin);
-#pragma omp parallel if (n * p * cout * cin >= SERIAL_MACS)
-  {
-    int64_t i0, i1;
-    my_images(n, &i0, &i1);
-    const int64_t m = i1 - i0;
-    float *xt = scratch(XT, m * cin * p), *rt = RES ? scratch(RT, m * cout * p) : nullptr;
-    float *yt = scratch(YT, m * cout * p), *bp = scratch(BP, cin * block_pixels(cin));
-    swap_outer(x + i0 * cin * p, xt, m, cin, p);
-    if (RES) swap_outer(res + i0 * cout * p, rt, m, cout, p);
-    gemm_image<ACT, RES>(xt, pk.a, pk.bias, rt, yt, cin, m * p, cout, bp);
-    swap_outer(yt, y + i0 * cout * p, cout, m, p);
-  }
+  mnv2::parallel(
+      [&](int tid, int nt) {
+        int64_t i0, i1;
+        my_images(n, tid, nt, &i0, &i1);
+        const int64_t m = i1 - i0;
+        float *xt = scratch(XT, m * cin * p), *rt = RES ? scratch(RT, m * cout * p) : nullptr;
+        float *yt = scratch(YT, m * cout * p), *bp = scratch(BP, cin * block_pixels(cin));
+        swap_outer(x + i0 * cin * p, xt, m, cin, p);
+        if (RES) swap_outer(res + i0 * cout * p, rt, m, cout, p);
+        gemm_image<ACT, RES>(xt, pk.a, pk.bias, rt, yt, cin, m * p, cout, bp);
+        swap_outer(yt, y + i0 * cout * p, cout, m, p);
+      },
+      n * p * cout * cin >= SERIAL_MACS);
 }
 
 // An inverted-residual block layer by layer over the batch, every layer on all threads (fewer
@@ -345,14 +344,13 @@ void ir_layers(const float *x, const float *w1, const float *b1, const float *wd
   if (EXPAND) conv_gemm<2, false>(x, w1, b1, nullptr, e, n, cin, hw, hidden);
   const float *ein = EXPAND ? e : x;
   const int64_t planes = n * hidden, groups = (planes + 7) / 8;
-#pragma omp parallel
-  {
+  mnv2::parallel([&](int tid, int nt) {
     float *pad = scratch(PAD, mnv2::lanes8_scratch(h, w, 1, oh, ow));
-#pragma omp for schedule(static)
-    for (int64_t g = 0; g < groups; ++g)
-      dw_planes<S>(ein, d, 8 * g, std::min(planes, 8 * g + 8), [hidden](int64_t q) { return q % hidden; }, wd, bd, h, w,
-                   oh, ow, pad);
-  }
+    mnv2::for_share(groups, tid, nt, [&](int64_t g) {
+      dw_planes<S>(ein, d, 8 * g, std::min(planes, 8 * g + 8), [hidden](int64_t q) { return q % hidden; }, wd, bd, h,
+                   w, oh, ow, pad);
+    });
+  });
   conv_gemm<1, RES>(d, w2, b2, x, y, n, hidden, ohw, cout);
 }
 
@@ -367,7 +365,7 @@ void ir_block(const float *x, const float *w1, const float *b1, const float *wd,
               int64_t cout) {
   const int64_t oh = (h - 1) / S + 1, ow = (w - 1) / S + 1, hw = h * w, ohw = oh * ow;
   const bool serial = n * ((EXPAND ? cin * hidden * hw : 0) + hidden * 9 * ohw + hidden * cout * ohw) < SERIAL_MACS;
-  if (n < omp_get_max_threads() && !serial) {
+  if (n < mnv2::threads() && !serial) {
     ir_layers<S, EXPAND, RES>(x, w1, b1, wd, bd, w2, b2, y, n, cin, h, w, hidden, cout);
     return;
   }
@@ -376,10 +374,10 @@ void ir_block(const float *x, const float *w1, const float *b1, const float *wd,
   const Packed p2(w2, b2, cout, hidden, true);
   const int64_t batch = std::max<int64_t>(1, BLOCK_BATCH_BYTES / (4 * hidden * hw));  // images at a time
   if (hw <= SMALL_BLOCK_MAP && batch > 1) {  // each thread: its images in chunks, on the (c, image, hw) layout
-#pragma omp parallel if (!serial)
-    {
+    mnv2::parallel(
+        [&](int tid, int nt) {
       int64_t i0, i1;
-      my_images(n, &i0, &i1);
+      my_images(n, tid, nt, &i0, &i1);
       const int64_t mc = std::min(batch, i1 - i0);
       float *xt = scratch(XT, mc * cin * hw), *e = EXPAND ? scratch(E, mc * hidden * hw) : nullptr;
       float *d = scratch(D, mc * hidden * ohw), *yt = scratch(YT, mc * cout * ohw);
@@ -394,23 +392,24 @@ void ir_block(const float *x, const float *w1, const float *b1, const float *wd,
         gemm_image<1, RES>(d, p2.a, p2.bias, RES ? xt : nullptr, yt, hidden, m * ohw, cout, bp);
         swap_outer(yt, y + c0 * cout * ohw, cout, m, ohw);
       }
-    }
+        },
+        !serial);
     return;
   }
-#pragma omp parallel if (!serial)
-  {
-    float *e = EXPAND ? scratch(E, hidden * hw) : nullptr, *d = scratch(D, hidden * ohw);
-    float *pad = scratch(PAD, mnv2::lanes8_scratch(h, w, 1, oh, ow));
-    float *bp = scratch(BP, std::max(cin * block_pixels(cin), hidden * block_pixels(hidden)));
-#pragma omp for schedule(static)
-    for (int64_t img = 0; img < n; ++img) {
-      const float *xi = x + img * cin * hw;
-      if (EXPAND) gemm_image<2, false>(xi, p1.a, p1.bias, nullptr, e, cin, hw, hidden, bp);
-      const float *ein = EXPAND ? e : xi;
-      dw_planes<S>(ein, d, 0, hidden, [](int64_t q) { return q; }, wd, bd, h, w, oh, ow, pad);
-      gemm_image<1, RES>(d, p2.a, p2.bias, RES ? xi : nullptr, y + img * cout * ohw, hidden, ohw, cout, bp);
-    }
-  }
+  mnv2::parallel(
+      [&](int tid, int nt) {
+        float *e = EXPAND ? scratch(E, hidden * hw) : nullptr, *d = scratch(D, hidden * ohw);
+        float *pad = scratch(PAD, mnv2::lanes8_scratch(h, w, 1, oh, ow));
+        float *bp = scratch(BP, std::max(cin * block_pixels(cin), hidden * block_pixels(hidden)));
+        mnv2::for_share(n, tid, nt, [&](int64_t img) {
+          const float *xi = x + img * cin * hw;
+          if (EXPAND) gemm_image<2, false>(xi, p1.a, p1.bias, nullptr, e, cin, hw, hidden, bp);
+          const float *ein = EXPAND ? e : xi;
+          dw_planes<S>(ein, d, 0, hidden, [](int64_t q) { return q; }, wd, bd, h, w, oh, ow, pad);
+          gemm_image<1, RES>(d, p2.a, p2.bias, RES ? xi : nullptr, y + img * cout * ohw, hidden, ohw, cout, bp);
+        });
+      },
+      !serial);
 }
 
 // Pad (stride 2: split into even and odd columns, as for the depthwise kernel) the cin planes of one image.
@@ -467,34 +466,33 @@ void conv3x3(const float *x, const float *wt, const float *bias, float *y, int64
   const int64_t oh = (h - 1) / S + 1, ow = (w - 1) / S + 1, plane = (h + 2) * (w + 2), k = cin * 9;
   const Packed pk(wt, bias, cout, k);
   const bool big = n * cout * oh * ow * 4 > STREAM_BYTES, serial = n * oh * ow * cout * k < SERIAL_MACS;
-  if (n >= omp_get_max_threads() || serial) {
-#pragma omp parallel if (!serial)
-    {
-      float *pad = scratch(PAD, cin * plane), *tail = scratch(TAIL, k * NR);
-      std::vector<const float *> rows(k);
-#pragma omp for schedule(static)
-      for (int64_t img = 0; img < n; ++img) {
-        pad_image<S>(x + img * cin * h * w, cin, h, w, pad);
-        for (int64_t oy = 0; oy < oh; ++oy)
-          conv3x3_row<S>(pad, pk, y + img * cout * oh * ow, cin, h, w, cout, oy, rows.data(), tail, big);
-      }
-      stream_fence();
-    }
+  if (n >= mnv2::threads() || serial) {
+    mnv2::parallel(
+        [&](int tid, int nt) {
+          float *pad = scratch(PAD, cin * plane), *tail = scratch(TAIL, k * NR);
+          std::vector<const float *> rows(k);
+          mnv2::for_share(n, tid, nt, [&](int64_t img) {
+            pad_image<S>(x + img * cin * h * w, cin, h, w, pad);
+            for (int64_t oy = 0; oy < oh; ++oy)
+              conv3x3_row<S>(pad, pk, y + img * cout * oh * ow, cin, h, w, cout, oy, rows.data(), tail, big);
+          });
+          stream_fence();
+        },
+        !serial);
     return;
   }
   float *pad = scratch(XT, n * cin * plane);  // (the master's XT slot: PAD is a worker slot here)
   for (int64_t img = 0; img < n; ++img) pad_image<S>(x + img * cin * h * w, cin, h, w, pad + img * cin * plane);
-#pragma omp parallel
-  {
+  mnv2::parallel([&](int tid, int nt) {
     float *tail = scratch(TAIL, k * NR);
     std::vector<const float *> rows(k);
-#pragma omp for collapse(2) schedule(static)
-    for (int64_t img = 0; img < n; ++img)
-      for (int64_t oy = 0; oy < oh; ++oy)
-        conv3x3_row<S>(pad + img * cin * plane, pk, y + img * cout * oh * ow, cin, h, w, cout, oy, rows.data(),
-                       tail, big);
+    mnv2::for_share(n * oh, tid, nt, [&](int64_t q) {  // (image, output row)
+      const int64_t img = q / oh, oy = q % oh;
+      conv3x3_row<S>(pad + img * cin * plane, pk, y + img * cout * oh * ow, cin, h, w, cout, oy, rows.data(), tail,
+                     big);
+    });
     stream_fence();
-  }
+  });
 }
 
 }  // namespace
@@ -573,8 +571,7 @@ int PoolDense(int nparam, void **params, int *ndims, int64_t **shapes, const cha
   float *y = static_cast<float *>(params[3]);
   float *pooled = scratch(XT, n * c);  // (c, n): channel-major, the B of the product
   const bool serial = n * c * (hw + o) < SERIAL_MACS;
-#pragma omp parallel for schedule(static) if (!serial)
-  for (int64_t i = 0; i < n * c; ++i) {
+  mnv2::parallel_for(n * c, [&](int64_t i) {
     const float *xi = x + i * hw;
     double s[4] = {0.0, 0.0, 0.0, 0.0};  // four chains: one would wait on each add's latency
     int64_t j = 0;
@@ -582,22 +579,20 @@ int PoolDense(int nparam, void **params, int *ndims, int64_t **shapes, const cha
       for (int q = 0; q < 4; ++q) s[q] += xi[j + q];
     for (; j < hw; ++j) s[0] += xi[j];
     pooled[(i % c) * n + i / c] = static_cast<float>(((s[0] + s[1]) + (s[2] + s[3])) / static_cast<double>(hw));
-  }
+  }, !serial);
   if (n < 4) {  // dot products: a wide tile would be mostly empty columns
-#pragma omp parallel for schedule(static) if (!serial)
-    for (int64_t q = 0; q < n * o; ++q) {
+    mnv2::parallel_for(n * o, [&](int64_t q) {
       const int64_t img = q / o, row = q % o;
       double s = bias[row];
       for (int64_t k = 0; k < c; ++k) s += static_cast<double>(wt[row * c + k]) * pooled[k * n + img];
       y[q] = static_cast<float>(s);
-    }
+    }, !serial);
     return 0;
   }
   const int64_t strips = (n + NR - 1) / NR, rb = (o + MR - 1) / MR;
   float *bp = scratch(BP, c * strips * NR), *yt = scratch(YT, o * n);
   pack_b(pooled, c, n, 0, n, bp);
-#pragma omp parallel for schedule(static) if (!serial)
-  for (int64_t b = 0; b < rb; ++b) {
+  mnv2::parallel_for(rb, [&](int64_t b) {
     const int rows = static_cast<int>(std::min<int64_t>(MR, o - b * MR));
     const float *w[MR];
     for (int i = 0; i < MR; ++i) w[i] = wt + (b * MR + std::min(i, rows - 1)) * c;  // edge: repeat the last row
@@ -607,7 +602,7 @@ int PoolDense(int nparam, void **params, int *ndims, int64_t **shapes, const cha
       tile_cols<1, false>([&w](int64_t kk, int i) { return w[i][kk]; }, [bs](int64_t kk) { return bs + kk * NR; },
                           c, bias + b * MR, yt + b * MR * n + s * NR, nullptr, n, rows, cols);
     }
-  }
+  }, !serial);
   for (int64_t img = 0; img < n; ++img)
     for (int64_t row = 0; row < o; ++row) y[img * o + row] = yt[row * n + img];
   return 0;
