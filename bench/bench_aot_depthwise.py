@@ -4,8 +4,8 @@
     .venv/bin/python bench/bench_aot_depthwise.py --quick    # one small shape
 
 mindcv_mnv2/ops/depthwise.cc (forward, input gradient, weight gradient; NCHW float32, padding 1,
-stride 1 or 2; OpenMP over planes) is compiled once per machine by ``mindcv_mnv2.ops.build_library``
-(g++ -O3 -march=native -fopenmp). It is what ``depthwise_kernel: auto`` uses on CPU.
+stride 1 or 2; planes split over the kernels' thread team, ops/team.h) is compiled once per machine by
+``mindcv_mnv2.ops.build_library`` (g++ -O3 -march=native). It is what ``depthwise_kernel: auto`` uses on CPU.
 
 Checks: forward output, input gradient and weight gradient against ``nn.Conv2d(C, C, 3,
 stride, pad_mode="pad", padding=1, group=C)`` with the same weight (max abs difference,
@@ -15,8 +15,8 @@ ratio. Then the project's TrainStep (bench_train_step worker) with every depthwi
 vs stock, interleaved child processes: the demo model (0.35@32, batch 128) and 1.0@224 batch 32
 and 0.35@96 (plus PyTorch channels_last), with the depthwise kernel alone and with the training
 BatchNorm kernel too (what ``depthwise_kernel: auto`` runs). ``--with_active`` adds ``OMP_WAIT_POLICY=ACTIVE``,
-which shows why the package sets libgomp's wait policy to PASSIVE (spinning OpenMP threads starve
-MindSpore's thread pool).
+which shows why the package sets libgomp's wait policy to PASSIVE (MindSpore's spinning OpenMP threads
+starve its own thread pool).
 Result: bench/results/aot_depthwise.json.
 """
 from __future__ import annotations

@@ -89,7 +89,7 @@ def measure(lib: ctypes.CDLL, width: float, size: int, batch: int, reps: int) ->
     from _common import median
 
     ops = network_ops(lib, width, size, batch)
-    for _ in range(2):  # warm-up: scratch buffers grow, OpenMP threads start
+    for _ in range(2):  # warm-up: scratch buffers grow, the team's threads start
         for _, run in ops:
             run()
     per_op = {label: [] for label, _ in ops}
@@ -119,13 +119,13 @@ def main(argv=None) -> int:
 
     if args.lib is not None and not os.path.isfile(args.lib):
         ap.error(f"--lib {args.lib}: no such file")
-    from mindcv_mnv2.ops.depthwise import configure_team, kernel_library
+    from mindcv_mnv2.ops.depthwise import INFERENCE_SPIN_US, configure_team, kernel_library
 
     if args.lib is None:
         args.lib = kernel_library()
     lib = ctypes.CDLL(args.lib)
     if hasattr(lib, "Mnv2TeamConfigure"):  # builds before the thread team (team.h) ran on OpenMP
-        configure_team(args.lib)
+        configure_team(args.lib, INFERENCE_SPIN_US)  # as EvalNet runs them
     cases = [(0.35, 32, 4)] if args.quick else [(0.35, 96, 32), (1.0, 224, 32)]
     reps = 2 if args.quick else args.reps
     results = [measure(lib, w, s, b, reps) for w, s, b in cases]

@@ -6,9 +6,10 @@ error) never waits for MindSpore to import.
 import os
 from typing import Any
 
-# The C++ depthwise kernel (mindcv_mnv2.ops) uses OpenMP. libgomp's default spinning wait makes
-# its idle threads compete with MindSpore's own thread pool: measured ~3x slower training on 2
-# cores. The policy is read when libgomp loads, so it is set here, before MindSpore is imported.
+# MindSpore loads libgomp and some of its CPU kernels run OpenMP threads. libgomp's default spinning
+# wait makes idle threads compete with MindSpore's own thread pool: training measured up to 1.3x
+# slower with OMP_WAIT_POLICY=ACTIVE on 2 cores (the project's C++ kernels have their own threads,
+# ops/team.h). The policy is read when libgomp loads, so it is set here, before MindSpore is imported.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0"

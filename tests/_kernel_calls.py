@@ -1,7 +1,8 @@
 """Calls of the C++ kernels' entry points through ctypes on fixed seeded inputs (tests/test_kernel_team.py).
 
 Run as a script in a child process (``python -m tests._kernel_calls OUT.npz [--import-mindspore]``) it
-writes the same calls' outputs, computed by that process's thread team.
+writes the same calls' outputs, computed by that process's thread team; with ``--two-builds`` it runs
+them on two builds of the library loaded into one process.
 """
 from __future__ import annotations
 
@@ -69,8 +70,33 @@ def run_all(lib: ctypes.CDLL) -> Dict[str, np.ndarray]:
     return out
 
 
+def two_builds() -> int:
+    """Child process: the native and the baseline (x86-64) builds loaded side by side, each run on every case."""
+    import os
+
+    from mindcv_mnv2.ops.depthwise import build_library, configure_team
+
+    os.environ.pop("MINDCV_MNV2_MARCH", None)
+    native = str(build_library())
+    os.environ["MINDCV_MNV2_MARCH"] = "x86-64"
+    build_library.cache_clear()
+    baseline = str(build_library())
+    assert native != baseline
+    results = []
+    for path in (native, baseline):
+        assert configure_team(path) >= 1
+        results.append(run_all(ctypes.CDLL(path)))
+    for key, want in results[0].items():
+        # FMA (native) against separate multiply and add (baseline): rounding, ~1e-6 of the output's scale
+        err = float(np.abs(results[1][key].astype(np.float64) - want).max())
+        assert err <= 1e-4 * max(1.0, float(np.abs(want).max())), (key, err)
+    return 0
+
+
 def main(argv: List[str]) -> int:
     """Child process: configure the team as the toolkit does, run every case, save the outputs."""
+    if argv[:1] == ["--two-builds"]:
+        return two_builds()
     if "--import-mindspore" in argv:
         import mindspore  # noqa: F401  (it sets OMP_NUM_THREADS=1 in the C environment as it loads)
     from mindcv_mnv2.ops.depthwise import configure_team, kernel_library

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import multiprocessing
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -45,6 +46,7 @@ def test_team_size_is_the_users_omp_num_threads_even_after_mindspore_overwrites_
     assert int(_child(tmp_path, "")["team_size"]) == len(os.sched_getaffinity(0))
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("threads", ["1", "3"])
 def test_results_do_not_depend_on_the_team_size(lib, tmp_path, threads):
     # Every output element is computed by one thread in a fixed order: bit-identical whatever the split.
@@ -103,3 +105,28 @@ def test_a_forked_child_runs_the_kernels(lib):
             proc.kill()
     for key, value in want.items():
         assert np.array_equal(got[key], value), key
+
+
+
+def test_only_the_entry_points_are_exported():
+    # A team (or any helper) exported from the library would be shared, by the dynamic linker, with a
+    # second build loaded into the same process (another -march, a benchmark's A/B), whatever its layout:
+    # that hung. Only the extern "C" entry points (and the C++ runtime's own templates) may be visible.
+    nm = shutil.which("nm")
+    if nm is None:
+        pytest.skip("no nm (binutils) to read the symbol table")
+    out = subprocess.run([nm, "-D", "--defined-only", "-C", kernel_library()], capture_output=True, text=True,
+                         check=True).stdout
+    names = [line.split(maxsplit=2)[2] for line in out.splitlines() if len(line.split(maxsplit=2)) == 3]
+    assert "Mnv2TeamConfigure" in names and "IrBlockS1Res" in names
+    leaked = [n for n in names if "mnv2::" in n and "std::thread" not in n]
+    assert not leaked, leaked[:10]
+
+
+def test_native_and_baseline_builds_side_by_side_agree():
+    # Two builds in one process, each on its own team, agree to rounding (FMA or not). In a child, so
+    # that a hang ends at the timeout instead of the suite.
+    env = {k: v for k, v in os.environ.items() if k != "MINDCV_MNV2_MARCH"}
+    proc = subprocess.run([sys.executable, "-m", "tests._kernel_calls", "--two-builds"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]

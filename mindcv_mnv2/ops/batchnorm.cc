@@ -109,6 +109,7 @@ void bn_backward(const float *x, const float *gamma, const float *mean, const fl
 
 }  // namespace
 
+#pragma GCC visibility push(default)  // the entry points; everything else is hidden (-fvisibility=hidden)
 extern "C" {
 
 // inputs: x (N,C,H,W), gamma (C), beta (C), eps (1,), moving_mean (C), moving_var (C), w (1,);
@@ -149,3 +150,4 @@ BN_BACKWARD(BnTrainBackward, 0)
 BN_BACKWARD(BnTrainBackwardRelu6, 2)
 
 }  // extern "C"
+#pragma GCC visibility pop

@@ -6,8 +6,9 @@
 //   int Name(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
 //            void *stream, void *extra)
 // params = inputs then outputs. Built at run time by mindcv_mnv2/ops/depthwise.py
-// (g++ -O3 -march=native -fopenmp -shared -fPIC). Each output element is computed by one thread in
-// a fixed order, so results are deterministic (data-parallel ranks stay bit-identical).
+// (g++ -O3 -march=native -fopenmp-simd -pthread -shared -fPIC; threads: team.h). Each output element is
+// computed by one thread in a fixed order, so results are deterministic (data-parallel ranks stay
+// bit-identical) and do not depend on the number of threads.
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
@@ -274,6 +275,7 @@ inline int64_t out_size(int64_t in, int s) { return (in - 1) / s + 1; }
 
 }  // namespace
 
+#pragma GCC visibility push(default)  // the entry points; everything else is hidden (-fvisibility=hidden)
 extern "C" {
 
 // inputs: x (N,C,H,W), w (C,1,3,3); output: y (N,C,OH,OW)
@@ -356,7 +358,9 @@ BIAS_ACT(BiasRelu6, 2, false)
 BIAS_ACT(BiasAddResidual, 1, true)
 
 }  // extern "C"
+#pragma GCC visibility pop
 
+#pragma GCC visibility push(default)  // the entry points; everything else is hidden (-fvisibility=hidden)
 extern "C" {
 
 // Sets the kernels' team (team.h): its size, if it does not exist yet (threads > 0; later calls
@@ -370,3 +374,4 @@ int Mnv2TeamConfigure(int threads, int64_t spin_us) {
 }
 
 }  // extern "C"
+#pragma GCC visibility pop

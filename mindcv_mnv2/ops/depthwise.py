@@ -104,7 +104,10 @@ def build_library() -> Path:
     except OSError as exc:
         raise KernelBuildError(f"cannot write the kernel cache {out_dir} ({exc.strerror}): set MINDCV_MNV2_CACHE "
                                f"to a writable directory, or set depthwise_kernel: native") from None
-    cmd = [cxx, "-O3", f"-march={march}", "-fopenmp-simd", "-pthread", "-shared", "-fPIC", *map(str, SOURCES), "-o", tmp]
+    # -fvisibility=hidden: only the entry points are exported (the .cc files mark them), so that two
+    # builds loaded into one process (another -march, a benchmark's A/B) never bind to each other's code
+    cmd = [cxx, "-O3", f"-march={march}", "-fopenmp-simd", "-pthread", "-fvisibility=hidden", "-shared", "-fPIC",
+           *map(str, SOURCES), "-o", tmp]
     try:
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)

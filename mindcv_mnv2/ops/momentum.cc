@@ -22,6 +22,7 @@ constexpr int64_t PIECE = 1 << 14;
 
 }  // namespace
 
+#pragma GCC visibility push(default)  // the entry points; everything else is hidden (-fvisibility=hidden)
 extern "C" {
 
 // inputs: lr (1), momentum (1), weight_decay (P), then P gradients, P weights, P moments (weights and
@@ -71,3 +72,4 @@ int MomentumApplyAll(int nparam, void **params, int *ndims, int64_t **shapes, co
 }
 
 }  // extern "C"
+#pragma GCC visibility pop

@@ -41,7 +41,7 @@ inline void stream_fence() {  // each thread, after its streamed stores: make th
 }
 constexpr int64_t STREAM_BYTES = 16 << 20;  // outputs above this bypass the caches (measured: stem 1.0@224 bs32 -10%)
 
-// Per-thread scratch that outlives the call (OpenMP's threads persist): allocating it per call cost
+// Per-thread scratch that outlives the call (the team's threads persist): allocating it per call cost
 // a page fault per 4 KiB each time (glibc maps blocks over 128 KiB fresh). Contents are not cleared:
 // every user writes what it reads. One slot per simultaneous use; a slot only grows.
 enum Slot { A1, BIAS1, A2, BIAS2, BP, E, D, PAD, XT, YT, RT, TAIL, SLOTS };
@@ -53,7 +53,7 @@ inline float *scratch(Slot slot, int64_t size) {
 }
 
 // Below this many multiply-adds an operator runs on the calling thread alone: waking a sleeping
-// OpenMP thread (OMP_WAIT_POLICY=PASSIVE) costs ~25 us, more than such work takes on one core.
+// thread of the team (team.h) costs ~25-45 us, more than such work takes on one core.
 constexpr int64_t SERIAL_MACS = 1 << 21;
 
 // The register tile: MR output channels x NR output pixels, NR / VW vectors of VW floats per row. AVX-512
@@ -497,6 +497,7 @@ void conv3x3(const float *x, const float *wt, const float *bias, float *y, int64
 
 }  // namespace
 
+#pragma GCC visibility push(default)  // the entry points; everything else is hidden (-fvisibility=hidden)
 extern "C" {
 
 // inputs: x (N,Cin,H,W), w (Cout,Cin,1,1), bias (Cout) [, residual (N,Cout,H,W)]; output y (N,Cout,H,W)
@@ -534,7 +535,9 @@ CONV3X3(Conv3x3BiasRelu6S1, 1)
 CONV3X3(Conv3x3BiasRelu6S2, 2)
 
 }  // extern "C"
+#pragma GCC visibility pop
 
+#pragma GCC visibility push(default)  // the entry points; everything else is hidden (-fvisibility=hidden)
 extern "C" {
 
 // inputs: x (N,Cin,H,W), [w1 (Hid,Cin,1,1), b1 (Hid),] wd (Hid,1,3,3), bd (Hid), w2 (Cout,Hid,1,1), b2 (Cout);
@@ -614,3 +617,4 @@ IR_BLOCK(IrBlockS1Res, 1, true, true)
 IR_BLOCK(IrBlockNoExpandS1, 1, false, false)
 
 }  // extern "C"
+#pragma GCC visibility pop

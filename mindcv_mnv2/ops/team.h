@@ -42,7 +42,10 @@ inline void cpu_relax() {
 #endif
 }
 
-class Team {
+// Hidden: the team (its static instance) must be this library's own. Exported, the dynamic linker would
+// bind a second build of the kernels loaded into the same process (another -march, a benchmark's A/B)
+// to the first one's team, whatever its layout.
+class __attribute__((visibility("hidden"))) Team {
  public:
   // The process's team (made on first use, never destroyed: its threads end with the process).
   static Team &get() {
@@ -86,13 +89,18 @@ class Team {
     in_body() = true;
     body(0, size_);
     in_body() = false;
-    // The workers' shares are as large as the caller's: wait for them without sleeping, yielding the
-    // core after a while in case one of them is waiting for it.
-    for (int64_t k = 0; pending_.load(std::memory_order_acquire) != 0; ++k) {
-      if (k < (1 << 16))
+    // The workers' shares are as large as the caller's: wait for them spinning a little, then asleep,
+    // so that a worker without a core of its own (more processes than cores: mpirun, pytest -n) gets ours.
+    const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(WAIT_SPIN_US);
+    for (int k = 1; pending_.load(std::memory_order_acquire) != 0; ++k) {
+      if (k % 64 != 0 || std::chrono::steady_clock::now() < until) {
         cpu_relax();
-      else
-        sched_yield();
+        continue;
+      }
+      std::unique_lock<std::mutex> lock(mutex_);
+      caller_waits_ = true;
+      done_.wait(lock, [&] { return pending_.load(std::memory_order_acquire) == 0; });
+      caller_waits_ = false;
     }
     busy_.store(false, std::memory_order_release);
   }
@@ -109,13 +117,15 @@ class Team {
     if (pid_ != 0) {  // after fork: the parent's threads may have held these
       new (&mutex_) std::mutex();
       new (&wake_) std::condition_variable();
+      new (&done_) std::condition_variable();
       sleepers_ = 0;
+      caller_waits_ = false;
     }
     pid_ = getpid();
     // The jobs a worker waits for are those after this one: read here, not on the new thread, which
     // may start after the next job was posted.
     const uint64_t seen = generation_.load(std::memory_order_acquire);
-    for (int t = 1; t < size_; ++t) std::thread([this, t, seen] { work(t, seen); }).detach();
+    for (int t = 1; t < size_; ++t) std::thread(&Team::work, this, t, seen).detach();
   }
 
   void work(int t, uint64_t seen) {
@@ -136,7 +146,10 @@ class Team {
       }
       seen = g;
       fn_(ctx_, t, size_);
-      pending_.fetch_sub(1, std::memory_order_acq_rel);
+      if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {  // the last one: wake the caller if it sleeps
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (caller_waits_) done_.notify_one();
+      }
     }
   }
 
@@ -149,8 +162,10 @@ class Team {
   void (*fn_)(void *, int, int) = nullptr;
   void *ctx_ = nullptr;
   std::mutex mutex_;
-  std::condition_variable wake_;
+  std::condition_variable wake_, done_;
   int sleepers_ = 0;
+  bool caller_waits_ = false;
+  static constexpr int64_t WAIT_SPIN_US = 50;  // the caller's spin before it sleeps (the workers': spin_ns_)
 };
 
 // Threads the kernels split their work over.
