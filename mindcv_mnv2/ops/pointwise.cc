@@ -376,22 +376,22 @@ void ir_block(const float *x, const float *w1, const float *b1, const float *wd,
   if (hw <= SMALL_BLOCK_MAP && batch > 1) {  // each thread: its images in chunks, on the (c, image, hw) layout
     mnv2::parallel(
         [&](int tid, int nt) {
-      int64_t i0, i1;
-      my_images(n, tid, nt, &i0, &i1);
-      const int64_t mc = std::min(batch, i1 - i0);
-      float *xt = scratch(XT, mc * cin * hw), *e = EXPAND ? scratch(E, mc * hidden * hw) : nullptr;
-      float *d = scratch(D, mc * hidden * ohw), *yt = scratch(YT, mc * cout * ohw);
-      float *pad = scratch(PAD, mnv2::lanes8_scratch(h, w, 1, oh, ow));
-      float *bp = scratch(BP, std::max(cin * block_pixels(cin), hidden * block_pixels(hidden)));
-      for (int64_t c0 = i0; c0 < i1; c0 += mc) {
-        const int64_t m = std::min(mc, i1 - c0);
-        swap_outer(x + c0 * cin * hw, xt, m, cin, hw);
-        if (EXPAND) gemm_image<2, false>(xt, p1.a, p1.bias, nullptr, e, cin, m * hw, hidden, bp);
-        const float *ein = EXPAND ? e : xt;
-        dw_planes<S>(ein, d, 0, hidden * m, [m](int64_t q) { return q / m; }, wd, bd, h, w, oh, ow, pad);
-        gemm_image<1, RES>(d, p2.a, p2.bias, RES ? xt : nullptr, yt, hidden, m * ohw, cout, bp);
-        swap_outer(yt, y + c0 * cout * ohw, cout, m, ohw);
-      }
+          int64_t i0, i1;
+          my_images(n, tid, nt, &i0, &i1);
+          const int64_t mc = std::min(batch, i1 - i0);
+          float *xt = scratch(XT, mc * cin * hw), *e = EXPAND ? scratch(E, mc * hidden * hw) : nullptr;
+          float *d = scratch(D, mc * hidden * ohw), *yt = scratch(YT, mc * cout * ohw);
+          float *pad = scratch(PAD, mnv2::lanes8_scratch(h, w, 1, oh, ow));
+          float *bp = scratch(BP, std::max(cin * block_pixels(cin), hidden * block_pixels(hidden)));
+          for (int64_t c0 = i0; c0 < i1; c0 += mc) {
+            const int64_t m = std::min(mc, i1 - c0);
+            swap_outer(x + c0 * cin * hw, xt, m, cin, hw);
+            if (EXPAND) gemm_image<2, false>(xt, p1.a, p1.bias, nullptr, e, cin, m * hw, hidden, bp);
+            const float *ein = EXPAND ? e : xt;
+            dw_planes<S>(ein, d, 0, hidden * m, [m](int64_t q) { return q / m; }, wd, bd, h, w, oh, ow, pad);
+            gemm_image<1, RES>(d, p2.a, p2.bias, RES ? xt : nullptr, yt, hidden, m * ohw, cout, bp);
+            swap_outer(yt, y + c0 * cout * ohw, cout, m, ohw);
+          }
         },
         !serial);
     return;
