@@ -37,7 +37,7 @@ inline int cpus_available() {
 }
 
 inline void cpu_relax() {
-#if (defined(__x86_64__) || defined(__i386__)) && !defined(MNV2_NO_PAUSE)
+#if defined(__x86_64__) || defined(__i386__)
   __builtin_ia32_pause();
 #endif
 }
@@ -60,26 +60,17 @@ class __attribute__((visibility("hidden"))) Team {
     static std::atomic<int> n{0};
     return n;
   }
-#ifdef MNV2_TEAM_STATS
-  std::atomic<int64_t> stats[4] = {0, 0, 0, 0};  // parallel, disabled, nested, busy
-#endif
 
   template <class F>
   void run(F &body, bool enable) {
     bool expected = false;
     if (!enable || size_ == 1 || in_body() || !busy_.compare_exchange_strong(expected, true)) {
-#ifdef MNV2_TEAM_STATS
-      ++stats[enable ? (in_body() ? 2 : 3) : 1];
-#endif
       body(0, 1);
       return;
     }
     if (pid_ != getpid()) restart();  // a forked child has none of the parent's threads
     fn_ = [](void *ctx, int t, int nt) { (*static_cast<F *>(ctx))(t, nt); };
     ctx_ = &body;
-#ifdef MNV2_TEAM_STATS
-    ++stats[0];
-#endif
     pending_.store(size_ - 1, std::memory_order_relaxed);
     generation_.fetch_add(1, std::memory_order_seq_cst);
     {
@@ -92,7 +83,7 @@ class __attribute__((visibility("hidden"))) Team {
     // The workers' shares are as large as the caller's: wait for them spinning a little, then asleep,
     // so that a worker without a core of its own (more processes than cores: mpirun, pytest -n) gets ours.
     const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(WAIT_SPIN_US);
-    for (int k = 1; pending_.load(std::memory_order_acquire) != 0; ++k) {
+    for (int64_t k = 1; pending_.load(std::memory_order_acquire) != 0; ++k) {
       if (k % 64 != 0 || std::chrono::steady_clock::now() < until) {
         cpu_relax();
         continue;
@@ -133,7 +124,7 @@ class __attribute__((visibility("hidden"))) Team {
     for (;;) {
       const auto until = std::chrono::steady_clock::now() + std::chrono::nanoseconds(spin_ns_.load());
       uint64_t g;
-      for (int k = 1; (g = generation_.load(std::memory_order_acquire)) == seen; ++k) {
+      for (int64_t k = 1; (g = generation_.load(std::memory_order_acquire)) == seen; ++k) {
         if (k % 64 != 0) {
           cpu_relax();
           continue;
