@@ -164,12 +164,13 @@ def kernel_library() -> str:
 @contextmanager
 def inference_spin() -> Iterator[None]:
     """Within: the kernels' idle threads spin INFERENCE_SPIN_US between kernels; after: TRAIN_SPIN_US again."""
-    path = kernel_library()
-    configure_team(path, INFERENCE_SPIN_US)
+    # Once per batch: the spin alone (size 0 leaves the team as it is), not configure_team's environment read.
+    lib = _loaded(kernel_library())
+    lib.Mnv2TeamConfigure(0, INFERENCE_SPIN_US)
     try:
         yield
     finally:
-        configure_team(path, TRAIN_SPIN_US)
+        lib.Mnv2TeamConfigure(0, TRAIN_SPIN_US)
 
 
 def resolve_kernel(choice: str, device_target: str) -> Tuple[str, Optional[str]]:
