@@ -140,11 +140,12 @@ def test_block_reads_its_parameters_when_they_change():
     np.testing.assert_allclose(cell(ms.Tensor(x)).asnumpy(), before + 1.0, rtol=0, atol=1e-5)
 
 
-# (n, c, classes, h): a few images (one dot product per logit) and more (the pooled batch as one
-# matrix product, the batch as its columns: 5 leaves a partial tile of 16 or 32 columns, 33 a second
-# tile; C = 1280 as in the real classifier).
-@pytest.mark.parametrize("n, c, classes, h", [(1, 40, 7, 3), (3, 24, 13, 1), (5, 40, 7, 3), (33, 64, 1001, 2),
-                                           (6, 1280, 10, 3)])
+# (n, c, classes, h): a few images (a vectorised dot product per logit: C = 40, 24 and 45 take its
+# 32-float, 8-float and scalar steps) and more (the pooled batch as one matrix product, the batch as its
+# columns: 5 leaves a partial tile of 16 or 32 columns, 33 a second tile; C = 1280 as in the real
+# classifier).
+@pytest.mark.parametrize("n, c, classes, h", [(1, 40, 7, 3), (3, 24, 13, 1), (2, 45, 11, 2), (1, 1280, 1000, 7),
+                                           (5, 40, 7, 3), (33, 64, 1001, 2), (6, 1280, 10, 3)])
 def test_pool_and_classifier_head_matches_numpy(n, c, classes, h):
     rng = np.random.default_rng(n + c)
     x = _rand(rng, n, c, h, h + 1)

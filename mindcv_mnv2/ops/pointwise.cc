@@ -102,16 +102,18 @@ inline int64_t block_pixels(int64_t k) {
   return std::max<int64_t>(4 * NR, std::min<int64_t>(MAX_BLOCK / NR * NR, B_BLOCK_BYTES / (4 * k) / NR * NR));
 }
 
-// A (rows x k, row-major) -> panels of MR rows, each stored k-major (k x MR), zero rows at the end.
-void pack_a(const float *a, int64_t rows, int64_t k, float *ap) {
-  const int64_t rb = (rows + MR - 1) / MR;
-  for (int64_t b = 0; b < rb; ++b)
-    for (int64_t kk = 0; kk < k; ++kk)
-      for (int r = 0; r < MR; ++r) {
-        const int64_t row = b * MR + r;
-        ap[(b * k + kk) * MR + r] = row < rows ? a[row * k + kk] : 0.f;
-      }
+// Panel b of A (rows x k, row-major) packed: MR rows stored k-major (k x MR), zero rows past the last.
+inline void pack_a_panel(const float *a, int64_t rows, int64_t k, int64_t b, float *ap) {
+  for (int64_t kk = 0; kk < k; ++kk)
+    for (int r = 0; r < MR; ++r) {
+      const int64_t row = b * MR + r;
+      ap[(b * k + kk) * MR + r] = row < rows ? a[row * k + kk] : 0.f;
+    }
 }
+
+// A's floats from which its packing is shared among the threads: on the caller alone, packing 1.0 @ 224's
+// weights was a tenth of one image's time, with the other thread waiting.
+constexpr int64_t SERIAL_PACK = 1 << 14;
 
 // The B block of pixels [p0, p0 + nc) of one image (x: k rows of p_total pixels), as strips of NR
 // pixels stored k-major (k x NR); pixels past the plane are zero. Row by row of x, so reads are one
@@ -192,7 +194,7 @@ inline void tile_cols(ACol acol, BRow brow, int64_t k, const float *bias, float 
   }
 }
 
-// A tile whose A is a panel packed by pack_a; cols of at most VW (a row's last pixels, with NR
+// A tile whose A is a panel packed by pack_a_panel; cols of at most VW (a row's last pixels, with NR
 // wider than one vector) take the one-vector tile instead of computing a mostly empty full one.
 template <int ACT, bool RES, class BRow, bool STREAM = false>
 inline void tile_rows(const float *ap, BRow brow, int64_t k, const float *bias, float *c, const float *r,
@@ -211,7 +213,7 @@ inline void tile(const float *ap, const float *bp, int64_t k, const float *bias,
 }
 
 // The pixels [p0, p0 + nc) and the row panels [rb0, rb1) of one image's y (cout x p) = A x (k x p),
-// then the epilogue. ap: A packed by pack_a; bias padded to whole panels; bp: scratch of k * nc floats.
+// then the epilogue. ap: A packed by pack_a_panel; bias padded to whole panels; bp: scratch of k * nc floats.
 // With k <= IN_PLACE_K the tiles read their rows of B where they are in x (as the stem's do) and only
 // a plane's last partial strip is copied, zero-padded: packing cost 3% of the inference network at
 // 0.35 @ 96, most of it in the blocks' small-k expansions. Deeper B is packed: read in place, its
@@ -255,7 +257,7 @@ struct Packed {
   Packed(const float *wt, const float *b, int64_t rows, int64_t k, bool second = false) {
     const int64_t rb = (rows + MR - 1) / MR;
     float *pa = scratch(second ? A2 : A1, rb * MR * k), *pb = scratch(second ? BIAS2 : BIAS1, rb * MR);
-    pack_a(wt, rows, k, pa);
+    mnv2::parallel_for(rb, [&](int64_t b) { pack_a_panel(wt, rows, k, b, pa); }, rows * k >= SERIAL_PACK);
     std::fill(pb, pb + rb * MR, 0.f);
     std::copy(b, b + rows, pb);
     a = pa;
@@ -294,6 +296,22 @@ inline void swap_outer(const float *src, float *dst, int64_t a, int64_t b, int64
   for (int64_t i = 0; i < a; ++i)
     for (int64_t j = 0; j < b; ++j) std::memcpy(dst + (j * a + i) * hw, src + (i * b + j) * hw, sizeof(float) * hw);
 }
+
+// sum_j a[j] b[j] in float: 32 partial sums in four vectors (one chain would wait on each add), added
+// in a fixed order, then the last k % 8 terms.
+inline float dot(const float *a, const float *b, int64_t k) {
+  v8f s[4] = {};
+  int64_t j = 0;
+  for (; j + 32 <= k; j += 32)
+    for (int q = 0; q < 4; ++q) s[q] += ld(a + j + 8 * q) * ld(b + j + 8 * q);
+  for (; j + 8 <= k; j += 8) s[0] += ld(a + j) * ld(b + j);
+  const v8f t = (s[0] + s[1]) + (s[2] + s[3]);
+  float r = ((t[0] + t[1]) + (t[2] + t[3])) + ((t[4] + t[5]) + (t[6] + t[7]));
+  for (; j < k; ++j) r += a[j] * b[j];
+  return r;
+}
+// Weights (floats) from which a matrix-vector product is shared among the threads.
+constexpr int64_t SERIAL_DOT = 1 << 16;
 
 // Pixels per map at or below which a thread batches its images (measured: a 1x1 convolution gains
 // up to 7x7). A block batches its maps of SMALL_BLOCK_MAP pixels or fewer, as many images at a time
@@ -561,8 +579,9 @@ extern "C" {
 
 // inputs: x (N,C,H,W), w (O,C), b (O); output y (N,O) = mean over H x W of x, then w . + b: the global
 // average pool (summed in double, in a fixed order) and the classifier in one operator. With a few
-// images, one dot product per logit; with more, the pooled batch is the B of one matrix product
-// whose A, the weights, the tiles read in place (packing 1000 x 1280 weights took half the head's time).
+// images, a matrix-vector product per image (each weight row read once for all of them); with more,
+// the pooled batch is the B of one matrix product whose A, the weights, the tiles read in place
+// (packing 1000 x 1280 weights took half the head's time).
 int PoolDense(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *stream,
               void *extra) {
   if (nparam != 4 || ndims[0] != 4 || ndims[1] != 2) return 1;
@@ -572,7 +591,8 @@ int PoolDense(int nparam, void **params, int *ndims, int64_t **shapes, const cha
   const float *x = static_cast<float *>(params[0]), *wt = static_cast<float *>(params[1]);
   const float *bias = static_cast<float *>(params[2]);
   float *y = static_cast<float *>(params[3]);
-  float *pooled = scratch(XT, n * c);  // (c, n): channel-major, the B of the product
+  const bool few = n < 4;              // a wide tile would be mostly empty columns
+  float *pooled = scratch(XT, n * c);  // few: (n, c), one row per image; else (c, n), the B of the product
   const bool serial = n * c * (hw + o) < SERIAL_MACS;
   mnv2::parallel_for(n * c, [&](int64_t i) {
     const float *xi = x + i * hw;
@@ -581,15 +601,16 @@ int PoolDense(int nparam, void **params, int *ndims, int64_t **shapes, const cha
     for (; j + 4 <= hw; j += 4)
       for (int q = 0; q < 4; ++q) s[q] += xi[j + q];
     for (; j < hw; ++j) s[0] += xi[j];
-    pooled[(i % c) * n + i / c] = static_cast<float>(((s[0] + s[1]) + (s[2] + s[3])) / static_cast<double>(hw));
+    pooled[few ? i : (i % c) * n + i / c] =
+        static_cast<float>(((s[0] + s[1]) + (s[2] + s[3])) / static_cast<double>(hw));
   }, !serial);
-  if (n < 4) {  // dot products: a wide tile would be mostly empty columns
-    mnv2::parallel_for(n * o, [&](int64_t q) {
-      const int64_t img = q / o, row = q % o;
-      double s = bias[row];
-      for (int64_t k = 0; k < c; ++k) s += static_cast<double>(wt[row * c + k]) * pooled[k * n + img];
-      y[q] = static_cast<float>(s);
-    }, !serial);
+  if (few) {
+    // Scalar double dot products here took 1.2 ms of the 2.0 ms that 0.35 @ 96 spent on one image.
+    // Shared by row: the weights (5 MB at 1000 x 1280) are what the two threads wait for.
+    mnv2::parallel_for(o, [&](int64_t row) {
+      for (int64_t img = 0; img < n; ++img)
+        y[img * o + row] = bias[row] + dot(wt + row * c, pooled + img * c, c);
+    }, o * c >= SERIAL_DOT);
     return 0;
   }
   const int64_t strips = (n + NR - 1) / NR, rb = (o + MR - 1) / MR;
