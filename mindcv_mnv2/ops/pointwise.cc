@@ -44,7 +44,7 @@ constexpr int64_t STREAM_BYTES = 16 << 20;  // outputs above this bypass the cac
 // Per-thread scratch that outlives the call (the team's threads persist): allocating it per call cost
 // a page fault per 4 KiB each time (glibc maps blocks over 128 KiB fresh). Contents are not cleared:
 // every user writes what it reads. One slot per simultaneous use; a slot only grows.
-enum Slot { A1, BIAS1, A2, BIAS2, BP, E, D, PAD, XT, YT, RT, TAIL, SLOTS };
+enum Slot { A1, BIAS1, A2, BIAS2, BP, BSHARED, E, D, PAD, XT, YT, RT, TAIL, SLOTS };
 inline float *scratch(Slot slot, int64_t size) {
   thread_local std::vector<float> bufs[SLOTS];
   std::vector<float> &b = bufs[slot];
@@ -221,10 +221,11 @@ inline void tile(const float *ap, const float *bp, int64_t k, const float *bias,
 // the 7x7 blocks and the last 1x1 convolution of 1.0 @ 224 5-12% slower.
 template <int ACT, bool RES>
 void gemm_block(const float *x, const float *ap, const float *bias, const float *res, float *y, int64_t k,
-                int64_t cout, int64_t p, int64_t p0, int64_t nc, int64_t rb0, int64_t rb1, float *bp) {
+                int64_t cout, int64_t p, int64_t p0, int64_t nc, int64_t rb0, int64_t rb1, float *bp,
+                bool packed = false) {
   const int64_t cols_block = std::min<int64_t>(nc, p - p0);
   const int64_t full = k <= IN_PLACE_K ? cols_block / NR : 0;  // strips read in place
-  if (full * NR < cols_block) pack_b(x, k, p, p0 + full * NR, nc - full * NR, bp);
+  if (!packed && full * NR < cols_block) pack_b(x, k, p, p0 + full * NR, nc - full * NR, bp);
   for (int64_t b = rb0; b < rb1; ++b) {
     const int rows = static_cast<int>(std::min<int64_t>(MR, cout - b * MR));
     for (int64_t s = 0; s * NR < cols_block; ++s) {
@@ -269,25 +270,35 @@ struct Packed {
 template <int ACT, bool RES>
 void conv_gemm(const float *x, const float *wt, const float *bias, const float *res, float *y, int64_t n,
                int64_t k, int64_t p, int64_t cout) {
-  const int64_t nc = block_pixels(k);
-  const int64_t rb = (cout + MR - 1) / MR, jb = (p + nc - 1) / nc;
+  const int64_t jb = (p + block_pixels(k) - 1) / block_pixels(k);
+  // Blocks of equal size (whole strips): with one image, 3136 pixels as 1024 x 3 + 64 gave one thread
+  // two full blocks and the other one and a sliver.
+  const int64_t nc = ((p + jb - 1) / jb + NR - 1) / NR * NR, rb = (cout + MR - 1) / MR;
   const Packed pk(wt, bias, cout, k);
   // Split the output channels into groups when there are too few pixel blocks to keep every thread
-  // busy (batch 1, 7x7 maps); each group packs its own copy of the block.
+  // busy (batch 1, 7x7 maps). Their blocks of B, where packed (k > IN_PLACE_K), are packed once first,
+  // for all groups: each group packing its own copy was half as much work again as the products at 7x7.
   const int64_t want = 4 * mnv2::threads();
   const int64_t groups = std::max<int64_t>(1, std::min<int64_t>(rb, (want + n * jb - 1) / (n * jb)));
   const int64_t per_group = (rb + groups - 1) / groups;
+  const bool share_b = groups > 1 && k > IN_PLACE_K, parallel = n * p * cout * k >= SERIAL_MACS;
+  float *shared = share_b ? scratch(BSHARED, n * jb * k * nc) : nullptr;
+  if (share_b)
+    mnv2::parallel_for(n * jb, [&](int64_t q) {  // (image, pixel block)
+      pack_b(x + q / jb * k * p, k, p, q % jb * nc, nc, shared + q * k * nc);
+    }, parallel);
   mnv2::parallel(
       [&](int tid, int nt) {
-        float *bp = scratch(BP, k * nc);
+        float *bp = share_b ? nullptr : scratch(BP, k * nc);
         mnv2::for_share(n * jb * groups, tid, nt, [&](int64_t q) {  // (image, pixel block, row group)
           const int64_t img = q / (jb * groups), j = q / groups % jb, g = q % groups;
           gemm_block<ACT, RES>(x + img * k * p, pk.a, pk.bias, RES ? res + img * cout * p : nullptr,
                                y + img * cout * p, k, cout, p, j * nc, nc, g * per_group,
-                               std::min(rb, (g + 1) * per_group), bp);
+                               std::min(rb, (g + 1) * per_group),
+                               share_b ? shared + (img * jb + j) * k * nc : bp, share_b);
         });
       },
-      n * p * cout * k >= SERIAL_MACS);
+      parallel);
 }
 
 // (a, b, hw) -> (b, a, hw) on this thread. With a thread's images inside each channel's row, their
