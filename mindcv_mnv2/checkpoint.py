@@ -39,11 +39,16 @@ import errno
 import json
 import os
 import uuid
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 import numpy as np
 
 from .constants import DEFAULT_DROP_RATE, WIDTHS
+
+if TYPE_CHECKING:
+    from mindspore import nn
+
+    from .models.mobilenetv2 import MobileNetV2
 
 META_KEY = "mnv2_meta"
 FORMAT = "mindcv_mnv2/1"
@@ -269,7 +274,7 @@ def _to_numpy(source: Mapping[str, Any]) -> Dict[str, np.ndarray]:
 
 
 # ----------------------------------------------------------------------------- loading
-def load_weights(net, source: Any, strict: bool = True, drop_classifier: bool = False,
+def load_weights(net: nn.Cell, source: Any, strict: bool = True, drop_classifier: bool = False,
                  use_ema: bool = True) -> Dict[str, List[str]]:
     """Copy checkpoint tensors into `net` (names unchanged); strict: one error lists every problem.
 
@@ -306,7 +311,7 @@ def load_weights(net, source: Any, strict: bool = True, drop_classifier: bool = 
     return report
 
 
-def load_pretrained(net, path: str, use_ema: bool = True) -> Dict[str, List[str]]:
+def load_pretrained(net: nn.Cell, path: str, use_ema: bool = True) -> Dict[str, List[str]]:
     """Strict load of pretrained weights into ``net``: a different class count drops the head (fine-tuning)."""
     tensors = read_checkpoint(path)[0]
     state = extract_model_state(tensors, use_ema)
@@ -412,7 +417,7 @@ def model_meta(name: str, model_kwargs: Mapping[str, Any], class_names: Optional
             "eval": facts}
 
 
-def load_model(path: str, use_ema: bool = True, **overrides: Any):
+def load_model(path: str, use_ema: bool = True, **overrides: Any) -> MobileNetV2:
     """Rebuild the network a checkpoint describes (or infer it for MindCV / ModelZoo files), load, eval mode.
 
     `overrides` replace MobileNetV2 kwargs (e.g. padding, output_stride, drop_rate). The meta is

@@ -33,7 +33,7 @@ this project's resizes the shorter side (``crop_pct`` 0.875): same mean/std and 
 from __future__ import annotations
 
 import re
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
 
 SOURCE = "mindspore-modelzoo"
 _STEM = "features.0.features.0.weight"  # present in every ModelZoo MobileNetV2 file, in no other
@@ -41,7 +41,7 @@ _PREFIXES = {"features.": "backbone.", "dense.": "head."}  # the prefixed layout
 _OUR_LAYER = re.compile(r"features\.(\d+)\.layers\.(\d+)\.(.+)")
 
 
-def detect(names) -> Optional[str]:
+def detect(names: Iterable[str]) -> Optional[str]:
     """The layout ('plain' or 'prefixed') of a ModelZoo MobileNetV2's tensor names; None for other files."""
     names = set(names)
     if _STEM in names:

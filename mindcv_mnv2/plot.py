@@ -18,9 +18,12 @@ import math
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 
 from .errors import PlotError, require_writable_dir
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 WIDTH_PX, HEIGHT_PX, DPI = 1500, 450, 100
 EMA_WEIGHT = 0.9
@@ -133,7 +136,7 @@ def plot_runs(run_dirs: Sequence[str], output: str) -> str:
     return output
 
 
-def draw(runs: Sequence[RunCurves]):
+def draw(runs: Sequence[RunCurves]) -> Figure:
     """The three-panel matplotlib Figure of these runs (Agg canvas, no pyplot state)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure

@@ -29,12 +29,15 @@ from __future__ import annotations
 import logging
 import math
 import re
-from typing import Any, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from ..constants import AUTO_AUGMENT_PREFIXES, DEFAULT_CROP_PCT, IMAGENET_MEAN, IMAGENET_STD
 from .folder import DataError
+
+if TYPE_CHECKING:
+    from mindspore.dataset.vision import Inter
 
 log = logging.getLogger("mindcv_mnv2")
 AUTO_AUGMENT_FORMS = ("randaug-m9-n2[-mstd0.5]", "autoaug", "autoaugr", "trivialaugwide")
@@ -46,7 +49,7 @@ def _vision():
     return vision
 
 
-def interpolation_mode(name: Optional[str]):
+def interpolation_mode(name: Optional[str]) -> Inter:
     """MindSpore ``Inter`` for a MindCV interpolation name (None = bilinear)."""
     inter = _vision().Inter
     table = {"bilinear": inter.BILINEAR, "linear": inter.BILINEAR, "bicubic": inter.BICUBIC,

@@ -11,10 +11,16 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-from typing import AbstractSet, Any, Dict, Mapping, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, AbstractSet, Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 from ..config import FIELDS, Config, ConfigError
 from ..distributed import DistInfo
+
+if TYPE_CHECKING:
+    from mindspore import nn
+
+    from ..data.loader import Loader
+    from .train_step import TrainStep
 
 log = logging.getLogger("mindcv_mnv2")
 
@@ -35,7 +41,7 @@ def eval_facts(cfg: Config) -> Dict[str, Any]:
 
 
 def build_val_loader(cfg: Config, dist: DistInfo, class_names: Optional[Sequence[str]] = None,
-                     image_size: Optional[int] = None, **eval_overrides: Any):
+                     image_size: Optional[int] = None, **eval_overrides: Any) -> Loader:
     """Validation loader over val_split: exact shards, nothing dropped."""
     from ..data import create_loader, create_transforms, scan_image_folder
 
@@ -50,7 +56,7 @@ def build_val_loader(cfg: Config, dist: DistInfo, class_names: Optional[Sequence
     return loader
 
 
-def build_train_loader(cfg: Config, dist: DistInfo):
+def build_train_loader(cfg: Config, dist: DistInfo) -> Loader:
     """Training loader over train_split, sharded by rank, with mixup/cutmix when set."""
     from ..data import create_loader, create_transforms, scan_image_folder
 
@@ -106,7 +112,7 @@ def model_kwargs(cfg: Config, num_classes: int, ckpt_kwargs: Optional[Mapping[st
     return kw
 
 
-def build_model(cfg: Config, kwargs: Mapping[str, Any], device_target: str):
+def build_model(cfg: Config, kwargs: Mapping[str, Any], device_target: str) -> nn.Cell:
     """The network named by ``model`` with ``kwargs`` (model_kwargs) on the recipe's depthwise kernel.
 
     Its initial weights depend on ``seed`` alone. Weights are loaded by the caller (checkpoint.load_weights).
@@ -124,7 +130,7 @@ def build_model(cfg: Config, kwargs: Mapping[str, Any], device_target: str):
     return with_depthwise_kernel(cfg, net, device_target)
 
 
-def with_depthwise_kernel(cfg: Config, net, device_target: str):
+def with_depthwise_kernel(cfg: Config, net: nn.Cell, device_target: str) -> nn.Cell:
     """``net`` with its depthwise convs on the kernel ``depthwise_kernel`` resolves to on this device."""
     from ..ops import KernelBuildError, apply_depthwise_kernel
 
@@ -135,7 +141,7 @@ def with_depthwise_kernel(cfg: Config, net, device_target: str):
     return net
 
 
-def frozen_layers(cfg: Config, net) -> int:
+def frozen_layers(cfg: Config, net: nn.Cell) -> int:
     """How many entries of ``net.features`` ``freeze_layer`` freezes (0: none; backbone: all)."""
     fl = cfg.freeze_layer.strip().lower()
     if fl == "none":
@@ -163,7 +169,7 @@ def feature_cache_plan(cfg: Config, frozen: int, total: int) -> Tuple[bool, str]
     return True, "the head trains on the backbone's features, computed once (no random augmentation)"
 
 
-def feature_batches(cfg: Config, loader, training: bool):
+def feature_batches(cfg: Config, loader: Loader, training: bool) -> Tuple[Iterator[List[np.ndarray]], Dict[str, Any]]:
     """Batches of ``loader``'s images in file order with the run's deterministic transforms (for caching)."""
     from ..data import ImageList, create_loader, create_transforms
 
@@ -175,7 +181,7 @@ def feature_batches(cfg: Config, loader, training: bool):
     return ordered.dataset.create_tuple_iterator(num_epochs=1, output_numpy=True), desc
 
 
-def build_lr(cfg: Config, updates_per_epoch: int):
+def build_lr(cfg: Config, updates_per_epoch: int) -> np.ndarray:
     """Per-update learning rates for the whole run."""
     from ..optim import create_lr_schedule
 
@@ -186,7 +192,7 @@ def build_lr(cfg: Config, updates_per_epoch: int):
                               num_cycles=cfg.num_cycles, cycle_decay=cfg.cycle_decay)
 
 
-def build_optimizer(cfg: Config, net, lr):
+def build_optimizer(cfg: Config, net: nn.Cell, lr: Union[float, np.ndarray]) -> nn.Optimizer:
     """Optimizer over the network's trainable parameters (momentum as one C++ operator where the
     network runs on the C++ kernels, i.e. on CPU, where training is float32)."""
     from ..ops import kernel_in_use
@@ -198,7 +204,7 @@ def build_optimizer(cfg: Config, net, lr):
                             use_nesterov=cfg.use_nesterov, eps=cfg.eps, rmsprop_decay=cfg.rmsprop_decay, fused=fused)
 
 
-def build_loss(cfg: Config, num_classes: int):
+def build_loss(cfg: Config, num_classes: int) -> nn.Cell:
     """Training loss (label smoothing is folded into soft labels when mixup/cutmix is on)."""
     from ..optim import create_loss
 
@@ -206,7 +212,8 @@ def build_loss(cfg: Config, num_classes: int):
     return create_loss(cfg.loss, num_classes, 0.0 if soft else cfg.label_smoothing, cfg.reduction)
 
 
-def build_train_step(cfg: Config, net, loss_fn, optimizer, dist: DistInfo, frozen: Sequence[str] = ()):
+def build_train_step(cfg: Config, net: nn.Cell, loss_fn: nn.Cell, optimizer: nn.Optimizer, dist: DistInfo,
+                     frozen: Sequence[str] = ()) -> TrainStep:
     """The compiled step with the recipe's loss scaling, clipping, EMA and accumulation."""
     from .train_step import TrainStep
 

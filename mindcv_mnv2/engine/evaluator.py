@@ -2,12 +2,17 @@
 from __future__ import annotations
 
 import time
-from typing import Dict, Iterable, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, Iterable, Optional, Tuple
 
 import numpy as np
 
 from ..distributed import DistInfo, all_reduce_sum
 from .progress import progress_bar
+
+if TYPE_CHECKING:
+    from mindspore import nn
+
+    from ..data.loader import Loader
 
 
 def topk_counts(logits: np.ndarray, labels: np.ndarray) -> Tuple[int, int, float]:
@@ -24,8 +29,8 @@ def topk_counts(logits: np.ndarray, labels: np.ndarray) -> Tuple[int, int, float
     return correct1, correct5, loss_sum
 
 
-def run_eval(forward, batches: Iterable, num_images: int, batch_size: int, dist: DistInfo = DistInfo(),
-             desc: str = "val", show_progress: bool = True) -> Dict[str, float]:
+def run_eval(forward: Callable[[np.ndarray], np.ndarray], batches: Iterable, num_images: int, batch_size: int,
+             dist: DistInfo = DistInfo(), desc: str = "val", show_progress: bool = True) -> Dict[str, float]:
     """Score ``forward`` (images NCHW -> logits) over this rank's batches; sums over ranks.
 
     A short last batch is padded to ``batch_size`` so a compiled graph sees one shape, and
@@ -111,7 +116,7 @@ class EvalNet:
             return self.net(batch).asnumpy()
 
 
-def inference_net(net, depthwise_kernel: str = "auto") -> EvalNet:
+def inference_net(net: nn.Cell, depthwise_kernel: str = "auto") -> EvalNet:
     """``net`` (eval mode, weights loaded) as validation runs it on this process's device."""
     import mindspore as ms
 
@@ -121,11 +126,11 @@ def inference_net(net, depthwise_kernel: str = "auto") -> EvalNet:
     return EvalNet(net)
 
 
-def evaluate(eval_net: EvalNet, loader, dist: DistInfo = DistInfo(), desc: str = "val",
-             show_progress: bool = True) -> Dict[str, float]:
-    """Evaluate over a data loader made by data.create_loader(is_training=False)."""
+def evaluate(forward: Callable[[np.ndarray], np.ndarray], loader: Loader, dist: DistInfo = DistInfo(),
+             desc: str = "val", show_progress: bool = True) -> Dict[str, float]:
+    """Evaluate ``forward`` (an EvalNet, or any images -> logits) over a loader from data.create_loader."""
     batches = loader.dataset.create_tuple_iterator(num_epochs=1, output_numpy=True)
-    return run_eval(eval_net, batches, loader.num_images, loader.batch_size, dist, desc, show_progress)
+    return run_eval(forward, batches, loader.num_images, loader.batch_size, dist, desc, show_progress)
 
 
 def describe(metrics: Dict[str, float], prefix: Optional[str] = None) -> str:

@@ -17,14 +17,17 @@ import hashlib
 import json
 import logging
 import os
-from typing import Any, Iterator, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from mindspore import Tensor, nn
 
 log = logging.getLogger("mindcv_mnv2")
 
 
-def freeze(net, n: int) -> List[str]:
+def freeze(net: nn.Cell, n: int) -> List[str]:
     """Freeze ``net.features[:n]``: no gradients, no optimizer state; the names of their parameters."""
     names: List[str] = []
     for i in range(n):
@@ -34,7 +37,7 @@ def freeze(net, n: int) -> List[str]:
     return names
 
 
-def set_frozen_eval(net, n: int) -> None:
+def set_frozen_eval(net: nn.Cell, n: int) -> None:
     """BatchNorm of the frozen layers in inference mode (call after the train step's set_train(True))."""
     for i in range(n):
         net.features[i].set_train(False)
@@ -65,7 +68,7 @@ class PooledFeatures:
         return self.cell(ms.Tensor(images)).asnumpy()
 
 
-def head_net(net):
+def head_net(net: nn.Cell) -> nn.Cell:
     """A cell computing ``net``'s classifier (dropout + dense) on pooled features; same Parameters, names."""
     from mindspore import nn
 
@@ -80,7 +83,7 @@ def head_net(net):
     return Head(net.classifier)
 
 
-def weights_signature(net) -> str:
+def weights_signature(net: nn.Cell) -> str:
     """A digest of the backbone's tensors (what its features depend on; the same after a resume)."""
     h = hashlib.sha256()
     for p in net.features.get_parameters():
@@ -143,7 +146,8 @@ class FeatureLoader:
         """The epoch whose order the next pass reads."""
         self._epoch = int(epoch)
 
-    def create_tuple_iterator(self, num_epochs: int = 1, output_numpy: bool = False):
+    def create_tuple_iterator(self, num_epochs: int = 1, output_numpy: bool = False
+                              ) -> Iterator[Union[Tuple[np.ndarray, np.ndarray], Tuple[Tensor, Tensor]]]:
         """(features, labels) batches of the current epoch as Tensors (numpy with output_numpy)."""
         import mindspore as ms
 

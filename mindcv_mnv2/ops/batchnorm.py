@@ -12,8 +12,12 @@ Built together with the depthwise kernel (ops.depthwise.kernel_library), and use
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 from .depthwise import kernel_library
+
+if TYPE_CHECKING:
+    from mindspore import nn
 
 
 @lru_cache(maxsize=None)
@@ -104,7 +108,7 @@ def _cell_classes():
     return AotBatchNorm, FusedReLU6
 
 
-def swap_batchnorm(net) -> int:
+def swap_batchnorm(net: nn.Cell) -> int:
     """Replace every nn.BatchNorm2d in ``net``'s SequentialCells (fusing a following ReLU6) in place; the count."""
     from mindspore import nn
 

@@ -26,7 +26,10 @@ import tempfile
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterator, Optional, Tuple
+from typing import TYPE_CHECKING, Iterator, Optional, Tuple
+
+if TYPE_CHECKING:
+    from mindspore import Parameter, nn
 
 # one shared library: the depthwise kernels, the training BatchNorm (+ ReLU6) kernels, the
 # inference (BatchNorm folded) convolutions and blocks, and the fused momentum update; HEADERS are
@@ -249,7 +252,7 @@ def _cell_classes():
 SUPPORTED = ((1, 1), (2, 1), (1, 2), (1, 4))
 
 
-def aot_depthwise(weight, stride: int, dilation: int = 1):
+def aot_depthwise(weight: Parameter, stride: int, dilation: int = 1) -> nn.Cell:
     """An AotDepthwise cell using ``weight`` (a C x 1 x 3 x 3 Parameter); padding equals ``dilation``."""
     if (int(stride), int(dilation)) not in SUPPORTED:
         raise ValueError(f"the C++ depthwise kernel has no stride {stride} / dilation {dilation} variant "
@@ -271,7 +274,7 @@ def _eligible(conv) -> bool:
             and conv.pad_mode == "pad" and pad in (d, (d, d, d, d)) and not conv.has_bias)
 
 
-def swap_depthwise(net) -> int:
+def swap_depthwise(net: nn.Cell) -> int:
     """Replace every eligible depthwise 3x3 nn.Conv2d in ``net`` by AotDepthwise in place; the count."""
     from mindspore import nn
 
@@ -289,7 +292,7 @@ def swap_depthwise(net) -> int:
     return swapped
 
 
-def apply_depthwise_kernel(net, choice: str, device_target: str) -> str:
+def apply_depthwise_kernel(net: nn.Cell, choice: str, device_target: str) -> str:
     """Swap in the CPU training kernels (C++ depthwise 3x3 and BatchNorm + ReLU6, matrix-product
     pooling: ops.pooling) when ``choice`` resolves to aot."""
     kernel, why = resolve_kernel(choice, device_target)
@@ -304,6 +307,6 @@ def apply_depthwise_kernel(net, choice: str, device_target: str) -> str:
     return kernel
 
 
-def kernel_in_use(net) -> str:
+def kernel_in_use(net: nn.Cell) -> str:
     """'aot' if any depthwise conv of ``net`` runs on the C++ kernel, else 'native'."""
     return "aot" if any(type(c).__name__ == "AotDepthwise" for _, c in net.cells_and_names()) else "native"

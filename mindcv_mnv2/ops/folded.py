@@ -17,9 +17,12 @@ Inference only: these cells have no gradient. Each reads the folded copy's own P
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple
 
 from .depthwise import _eligible, _out_hw, kernel_library
+
+if TYPE_CHECKING:
+    from mindspore import Parameter, nn
 
 # (conv cell of the trained network, folded weight Parameter, folded bias Parameter, ReLU6 after it)
 LayerSpec = Tuple[object, object, object, bool]
@@ -149,12 +152,12 @@ def _classes():
             AotPoolDense)
 
 
-def fused_epilogue(relu6: bool, residual: bool):
+def fused_epilogue(relu6: bool, residual: bool) -> nn.Cell:
     """Bias (+ ReLU6) (+ residual) in one C++ pass, after a convolution the kernels do not take."""
     return _classes()[0](relu6, residual)
 
 
-def fused_depthwise(conv, weight, bias, relu6: bool):
+def fused_depthwise(conv: nn.Cell, weight: Parameter, bias: Parameter, relu6: bool) -> Optional[nn.Cell]:
     """Depthwise 3x3 + bias (+ ReLU6) on the C++ kernel, or None if ``conv`` is not one it takes."""
     geo = _geometry(conv)
     if geo is None or geo[0] != "dw":
@@ -162,7 +165,7 @@ def fused_depthwise(conv, weight, bias, relu6: bool):
     return _classes()[1](weight, bias, geo[1], geo[2], relu6)
 
 
-def fused_conv(conv, weight, bias, relu6: bool, residual: bool):
+def fused_conv(conv: nn.Cell, weight: Parameter, bias: Parameter, relu6: bool, residual: bool) -> Optional[nn.Cell]:
     """A 1x1 or 3x3-stem convolution + bias (+ ReLU6 or + residual) on the C++ kernel, or None."""
     geo = _geometry(conv)
     if geo is None or geo[0] == "dw":
@@ -175,12 +178,12 @@ def fused_conv(conv, weight, bias, relu6: bool, residual: bool):
     return _classes()[2](weight, bias, f"Conv3x3BiasRelu6S{stride}", stride) if relu6 else None
 
 
-def fused_head(weight, bias):
+def fused_head(weight: Parameter, bias: Parameter) -> nn.Cell:
     """Global average pool + classifier (weight: classes x C, bias: classes) on the C++ kernel."""
     return _classes()[6](weight, bias)
 
 
-def fused_block(layers: List[LayerSpec], residual: bool):
+def fused_block(layers: List[LayerSpec], residual: bool) -> Optional[nn.Cell]:
     """An inverted-residual block as one C++ operator, or None where its layers do not fit the kernel.
 
     ``layers``: [expand 1x1 + ReLU6,] depthwise 3x3 + ReLU6, project 1x1 (no ReLU6), in order. The

@@ -9,12 +9,16 @@ MindSpore as writing the weights and moments it is given (as ApplyMomentum is).
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 from .depthwise import kernel_library
 
+if TYPE_CHECKING:
+    from mindspore import ops
+
 
 @lru_cache(maxsize=None)
-def momentum_apply_all(num_params: int):
+def momentum_apply_all(num_params: int) -> ops.Custom:
     """The operator ``op(lr, momentum, weight_decay[P], *grads, *weights, *moments) -> done`` for P parameters."""
     from mindspore import ops
     from mindspore.ops import signature as sig

@@ -15,6 +15,10 @@ pooling (an exported Reshape to N*C rows would pin the batch size of a dynamic-b
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mindspore import nn
 
 
 @lru_cache(maxsize=None)
@@ -33,12 +37,12 @@ def _cell_class():
     return MatMulAvgPool
 
 
-def matmul_avg_pool():
+def matmul_avg_pool() -> nn.Cell:
     """A new MatMulAvgPool cell."""
     return _cell_class()()
 
 
-def swap_pooling(net) -> int:
+def swap_pooling(net: nn.Cell) -> int:
     """Replace ``net.pool`` (a models.GlobalAvgPool) by MatMulAvgPool; the count (0 or 1)."""
     # matched by name: ops serves models and does not import them
     if type(getattr(net, "pool", None)).__name__ != "GlobalAvgPool":
