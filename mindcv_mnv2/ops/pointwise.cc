@@ -194,16 +194,23 @@ inline void tile_cols(ACol acol, BRow brow, int64_t k, const float *bias, float 
   }
 }
 
-// A tile whose A is a panel packed by pack_a_panel; cols of at most VW (a row's last pixels, with NR
-// wider than one vector) take the one-vector tile instead of computing a mostly empty full one.
-template <int ACT, bool RES, class BRow, bool STREAM = false>
-inline void tile_rows(const float *ap, BRow brow, int64_t k, const float *bias, float *c, const float *r,
-                      int64_t ldc, int rows, int cols) {
-  auto acol = [ap](int64_t kk, int i) { return ap[kk * MR + i]; };
+// A tile whose A is read by acol; cols of at most VW (a row's last pixels, with NR wider than one
+// vector) take the one-vector tile instead of computing a mostly empty full one.
+template <int ACT, bool RES, class BRow, bool STREAM = false, class ACol>
+inline void tile_acol(ACol acol, BRow brow, int64_t k, const float *bias, float *c, const float *r, int64_t ldc,
+                      int rows, int cols) {
   if (NR > VW && cols <= VW)
     tile_cols<ACT, RES, BRow, STREAM, decltype(acol), VW>(acol, brow, k, bias, c, r, ldc, rows, cols);
   else
     tile_cols<ACT, RES, BRow, STREAM>(acol, brow, k, bias, c, r, ldc, rows, cols);
+}
+
+// A tile whose A is a panel packed by pack_a_panel.
+template <int ACT, bool RES, class BRow, bool STREAM = false>
+inline void tile_rows(const float *ap, BRow brow, int64_t k, const float *bias, float *c, const float *r,
+                      int64_t ldc, int rows, int cols) {
+  tile_acol<ACT, RES, BRow, STREAM>([ap](int64_t kk, int i) { return ap[kk * MR + i]; }, brow, k, bias, c, r, ldc,
+                                    rows, cols);
 }
 
 template <int ACT, bool RES>
@@ -213,13 +220,14 @@ inline void tile(const float *ap, const float *bp, int64_t k, const float *bias,
 }
 
 // The pixels [p0, p0 + nc) and the row panels [rb0, rb1) of one image's y (cout x p) = A x (k x p),
-// then the epilogue. ap: A packed by pack_a_panel; bias padded to whole panels; bp: scratch of k * nc floats.
+// then the epilogue. ap: A packed by pack_a_panel, bias padded to whole panels; with A_ROWS, A itself
+// (cout x k, row-major: its rows read where they are) and its bias. bp: scratch of k * nc floats.
 // With k <= IN_PLACE_K the tiles read their rows of B where they are in x (as the stem's do) and only
 // a plane's last partial strip is copied, zero-padded: packing cost 3% of the inference network at
 // 0.35 @ 96, most of it in the blocks' small-k expansions. Deeper B is packed: read in place, its
 // k rows of 16 floats (two cache lines each when a row of x is not 64-byte aligned, as at 7x7) made
 // the 7x7 blocks and the last 1x1 convolution of 1.0 @ 224 5-12% slower.
-template <int ACT, bool RES>
+template <int ACT, bool RES, bool A_ROWS = false>
 void gemm_block(const float *x, const float *ap, const float *bias, const float *res, float *y, int64_t k,
                 int64_t cout, int64_t p, int64_t p0, int64_t nc, int64_t rb0, int64_t rb1, float *bp,
                 bool packed = false) {
@@ -232,12 +240,21 @@ void gemm_block(const float *x, const float *ap, const float *bias, const float 
       const int cols = static_cast<int>(std::min<int64_t>(NR, cols_block - s * NR));
       const int64_t off = b * MR * p + p0 + s * NR;
       const float *r = RES ? res + off : nullptr;
-      if (s < full) {
-        const float *xs = x + p0 + s * NR;
-        tile_rows<ACT, RES>(ap + b * MR * k, [xs, p](int64_t kk) { return xs + kk * p; }, k, bias + b * MR, y + off,
-                            r, p, rows, cols);
+      const float *xs = x + p0 + s * NR, *bs = bp + (s - full) * k * NR;
+      auto b_in_place = [xs, p](int64_t kk) { return xs + kk * p; };
+      auto b_packed = [bs](int64_t kk) { return bs + kk * NR; };
+      if (A_ROWS) {
+        const float *w[MR];  // rows past the last repeat it: computed, never stored
+        for (int i = 0; i < MR; ++i) w[i] = ap + (b * MR + std::min(i, rows - 1)) * k;
+        auto acol = [&w](int64_t kk, int i) { return w[i][kk]; };
+        if (s < full)
+          tile_acol<ACT, RES>(acol, b_in_place, k, bias + b * MR, y + off, r, p, rows, cols);
+        else
+          tile_acol<ACT, RES>(acol, b_packed, k, bias + b * MR, y + off, r, p, rows, cols);
+      } else if (s < full) {
+        tile_rows<ACT, RES>(ap + b * MR * k, b_in_place, k, bias + b * MR, y + off, r, p, rows, cols);
       } else {
-        tile<ACT, RES>(ap + b * MR * k, bp + (s - full) * k * NR, k, bias + b * MR, y + off, r, p, rows, cols);
+        tile_rows<ACT, RES>(ap + b * MR * k, b_packed, k, bias + b * MR, y + off, r, p, rows, cols);
       }
     }
   }
@@ -274,7 +291,10 @@ void conv_gemm(const float *x, const float *wt, const float *bias, const float *
   // Blocks of equal size (whole strips): with one image, 3136 pixels as 1024 x 3 + 64 gave one thread
   // two full blocks and the other one and a sliver.
   const int64_t nc = ((p + jb - 1) / jb + NR - 1) / NR * NR, rb = (cout + MR - 1) / MR;
-  const Packed pk(wt, bias, cout, k);
+  // Fewer images than threads (batch 1): each panel of A serves a few strips only, so its rows are read
+  // where they are; packing them took ~8% of one 1.0 @ 224 image.
+  const bool a_rows = n < mnv2::threads();
+  const Packed pk = a_rows ? Packed() : Packed(wt, bias, cout, k);
   // Split the output channels into groups when there are too few pixel blocks to keep every thread
   // busy (batch 1, 7x7 maps). Their blocks of B, where packed (k > IN_PLACE_K), are packed once first,
   // for all groups: each group packing its own copy was half as much work again as the products at 7x7.
@@ -292,10 +312,13 @@ void conv_gemm(const float *x, const float *wt, const float *bias, const float *
         float *bp = share_b ? nullptr : scratch(BP, k * nc);
         mnv2::for_share(n * jb * groups, tid, nt, [&](int64_t q) {  // (image, pixel block, row group)
           const int64_t img = q / (jb * groups), j = q / groups % jb, g = q % groups;
-          gemm_block<ACT, RES>(x + img * k * p, pk.a, pk.bias, RES ? res + img * cout * p : nullptr,
-                               y + img * cout * p, k, cout, p, j * nc, nc, g * per_group,
-                               std::min(rb, (g + 1) * per_group),
-                               share_b ? shared + (img * jb + j) * k * nc : bp, share_b);
+          const float *xi = x + img * k * p, *ri = RES ? res + img * cout * p : nullptr;
+          float *yi = y + img * cout * p, *bj = share_b ? shared + (img * jb + j) * k * nc : bp;
+          const int64_t b0 = g * per_group, b1 = std::min(rb, (g + 1) * per_group);
+          if (a_rows)
+            gemm_block<ACT, RES, true>(xi, wt, bias, ri, yi, k, cout, p, j * nc, nc, b0, b1, bj, share_b);
+          else
+            gemm_block<ACT, RES>(xi, pk.a, pk.bias, ri, yi, k, cout, p, j * nc, nc, b0, b1, bj, share_b);
         });
       },
       parallel);
