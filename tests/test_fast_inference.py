@@ -54,9 +54,9 @@ def _check(got, want):
 
 # (n, cin, cout, h, w): pixel counts that are and are not multiples of the 16- and 32-pixel tiles (and
 # at most 16 past one: the narrow tile), output channels that are and are not multiples of the 6- and
-# 8-row tiles (AVX2, AVX-512 builds), one image (fewer images than threads: the channel-split path,
-# its weights read in place, a last partial panel repeating its last row) and several; a 60x60 map spans several pixel blocks at small K. K up to
-# pointwise.cc's IN_PLACE_K (64) reads B in place, deeper K (80) packs it: one image at K = 80 packs each
+# 8-row tiles (AVX2, AVX-512 builds), one image (fewer images than threads: the channel-split path; at
+# most 1024 pixels its weights read in place, a last partial panel repeating its last row) and several;
+# a 60x60 map spans several pixel blocks at small K. K up to pointwise.cc's IN_PLACE_K (64) reads B in place, deeper K (80) packs it: one image at K = 80 packs each
 # block once for all its channel groups (one block at 9x7, two of 338 pixels at 26x26).
 PW_SHAPES = [(2, 16, 96, 12, 12), (1, 3, 7, 5, 3), (3, 40, 13, 7, 7), (1, 24, 144, 1, 1), (2, 8, 30, 60, 60),
              (2, 80, 24, 9, 7), (1, 80, 40, 9, 7), (1, 80, 24, 26, 26)]

@@ -283,6 +283,8 @@ struct Packed {
   }
 };
 
+constexpr int64_t A_ROWS_PIXELS = 1024;  // see conv_gemm
+
 // y (n, cout, p) = epilogue(wt (cout x k) x (n, k, p) + bias): a 1x1 convolution on all threads.
 template <int ACT, bool RES>
 void conv_gemm(const float *x, const float *wt, const float *bias, const float *res, float *y, int64_t n,
@@ -291,9 +293,10 @@ void conv_gemm(const float *x, const float *wt, const float *bias, const float *
   // Blocks of equal size (whole strips): with one image, 3136 pixels as 1024 x 3 + 64 gave one thread
   // two full blocks and the other one and a sliver.
   const int64_t nc = ((p + jb - 1) / jb + NR - 1) / NR * NR, rb = (cout + MR - 1) / MR;
-  // Fewer images than threads (batch 1): each panel of A serves a few strips only, so its rows are read
-  // where they are; packing them took ~8% of one 1.0 @ 224 image.
-  const bool a_rows = n < mnv2::threads();
+  // Few pixels in all (batch 1 at 14x14 and below): packing a panel of A costs as much as a good part of
+  // its products, so the tiles read A's rows where they are (1.0 @ 224 at batch 1: 7x7 and 14x14 layers
+  // 5-20% faster). On larger maps packing pays (in place, 112x112 was 5% slower).
+  const bool a_rows = n * p <= A_ROWS_PIXELS;
   const Packed pk = a_rows ? Packed() : Packed(wt, bias, cout, k);
   // Split the output channels into groups when there are too few pixel blocks to keep every thread
   // busy (batch 1, 7x7 maps). Their blocks of B, where packed (k > IN_PLACE_K), are packed once first,
