@@ -54,7 +54,9 @@ def _cases() -> List[Tuple[str, List[np.ndarray], List[Tuple[int, ...]]]]:
         ("PwConvBias", [r(5, 96, 7, 7), r(160, 96, 1, 1), r(160)], [(5, 160, 7, 7)]),
         ("Conv3x3BiasRelu6S2", [r(5, 3, 64, 64), r(32, 3, 3, 3), r(32)], [(5, 32, 32, 32)]),
         ("Conv3x3BiasRelu6S2", [r(1, 3, 96, 96), r(16, 3, 3, 3), r(16)], [(1, 16, 48, 48)]),  # rows split
+        ("PwConvBias", [r(1, 96, 40, 40), r(24, 96, 1, 1), r(24)], [(1, 24, 40, 40)]),  # one image: A packed, B shared
         ("PoolDense", [r(5, 1280, 3, 3), r(1000, 1280), r(1000)], [(5, 1000)]),
+        ("PoolDense", [r(2, 1280, 3, 3), r(1000, 1280), r(1000)], [(2, 1000)]),  # a few images: matrix-vector
         ("BiasAddResidual", [r(5, 24, 12, 12), r(24), r(5, 24, 12, 12)], [(5, 24, 12, 12)]),
     ]
 
