@@ -190,8 +190,13 @@ def predict(ckpt_path: str, paths: Sequence[str], top_k: int = 5,
         raise PredictError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     entries = collect_images(paths)
     if not any(err is None for _, err in entries):
-        raise PredictError(f"no images found in {', '.join(map(str, paths)) or '(no paths given)'} "
+        missing = [path for path, err in entries if err]
+        searched = [str(path) for path in paths if os.path.isdir(path)]
+        reasons = [f"no such file or directory: {', '.join(missing)}"] if missing else []
+        if searched or not paths:
+            reasons.append(f"no images found in {', '.join(searched) or '(no paths given)'} "
                            f"(looked for {', '.join(IMAGE_EXTENSIONS)} files)")
+        raise PredictError("; ".join(reasons))
     forward, meta, num_classes = _load_scorer(ckpt_path)
     names = class_names_for(meta, num_classes, labels)
     facts = meta.get("eval") or {}

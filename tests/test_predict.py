@@ -199,5 +199,8 @@ def test_cli_exit_codes_and_output(env, tmp_path, capsys):
     assert P.main(["--ckpt_path", env["ckpt"], str(empty)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: no images found")
+    assert P.main(["--ckpt_path", env["ckpt"], missing, str(empty)]) == 2  # a typo named as such, not "no images"
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: no such file or directory: {missing}; no images found in"), err
     assert P.main(["--ckpt_path", str(tmp_path / "missing.ckpt"), photo]) == 2
     assert "missing.ckpt" in capsys.readouterr().err
