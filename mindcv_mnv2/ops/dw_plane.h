@@ -39,9 +39,26 @@ inline void pad_plane(const float *src, int64_t h, int64_t w, float *dst) {
 // instead of strided ones (which ran at a third of the speed).
 typedef int v8i __attribute__((vector_size(32)));
 
+typedef double v4d __attribute__((vector_size(32)));
+typedef long long v4l __attribute__((vector_size(32)));
+
+// The even (ODD = 0) or odd lanes of a then b: within each 128-bit half first (one vshufps), then the
+// 64-bit pairs in order (one vpermpd). A general two-source shuffle took two cross-lane permutes and a
+// blend per output here, and made this split cost as much as the depthwise arithmetic it feeds.
+template <int ODD>
+inline v8f deinterleave(v8f a, v8f b) {
+  const v8i lanes = {ODD, 2 + ODD, 8 + ODD, 10 + ODD, 4 + ODD, 6 + ODD, 12 + ODD, 14 + ODD};
+  const v8f t = __builtin_shuffle(a, b, lanes);  // a0 a2 b0 b2 a4 a6 b4 b6 (ODD: a1 a3 ...)
+  v4d d;
+  std::memcpy(&d, &t, sizeof(d));
+  d = __builtin_shuffle(d, v4l{0, 2, 1, 3});
+  v8f out;
+  std::memcpy(&out, &d, sizeof(out));
+  return out;
+}
+
 inline void pad_plane_split(const float *src, int64_t h, int64_t w, float *dst) {
   const int64_t pw = w + 2, ne = (pw + 1) / 2;
-  const v8i even_lanes = {0, 2, 4, 6, 8, 10, 12, 14}, odd_lanes = even_lanes + 1;
   std::memset(dst, 0, sizeof(float) * pw);
   for (int64_t y = 0; y < h; ++y) {
     float *even = dst + (y + 1) * pw, *odd = even + ne;
@@ -52,8 +69,8 @@ inline void pad_plane_split(const float *src, int64_t h, int64_t w, float *dst) 
     int64_t i = 1;
     for (; 2 * i - 1 + 16 <= w; i += 8) {  // 16 source columns -> 8 even + 8 odd
       const v8f a = ld(row + 2 * i - 1), b = ld(row + 2 * i + 7);
-      st(even + i, __builtin_shuffle(a, b, even_lanes));
-      st(odd + i, __builtin_shuffle(a, b, odd_lanes));
+      st(even + i, deinterleave<0>(a, b));
+      st(odd + i, deinterleave<1>(a, b));
     }
     if (i > 1 && 2 * i - 1 < w) {
       // One more full window, ending at the row's last column (or the one before) and overlapping the
@@ -61,8 +78,8 @@ inline void pad_plane_split(const float *src, int64_t h, int64_t w, float *dst) 
       // 7% slower (bench_kernels.py).
       const int64_t j = (w - 15) / 2;  // source columns 2j - 1 .. 2j + 14 <= w - 1
       const v8f a = ld(row + 2 * j - 1), b = ld(row + 2 * j + 7);
-      st(even + j, __builtin_shuffle(a, b, even_lanes));
-      st(odd + j, __builtin_shuffle(a, b, odd_lanes));
+      st(even + j, deinterleave<0>(a, b));
+      st(odd + j, deinterleave<1>(a, b));
       i = j + 8;  // left: the right border, and at most one column before it
     }
     for (int64_t j = i; j < ne; ++j) even[j] = 2 * j - 1 < w ? row[2 * j - 1] : 0.f;
