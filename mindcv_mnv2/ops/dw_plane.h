@@ -34,11 +34,7 @@ inline void pad_plane(const float *src, int64_t h, int64_t w, float *dst) {
   std::memset(dst + (h + D) * pw, 0, sizeof(float) * pw * D);
 }
 
-// Stride 2 (undilated): each zero-bordered row stored as its even columns, then its odd ones, so
-// the three taps of output column ox are even[ox], odd[ox], even[ox + 1]: contiguous vector loads
-// instead of strided ones (which ran at a third of the speed).
 typedef int v8i __attribute__((vector_size(32)));
-
 typedef double v4d __attribute__((vector_size(32)));
 typedef long long v4l __attribute__((vector_size(32)));
 
@@ -57,6 +53,9 @@ inline v8f deinterleave(v8f a, v8f b) {
   return out;
 }
 
+// Stride 2 (undilated): each zero-bordered row stored as its even columns, then its odd ones, so
+// the three taps of output column ox are even[ox], odd[ox], even[ox + 1]: contiguous vector loads
+// instead of strided ones (which ran at a third of the speed).
 inline void pad_plane_split(const float *src, int64_t h, int64_t w, float *dst) {
   const int64_t pw = w + 2, ne = (pw + 1) / 2;
   std::memset(dst, 0, sizeof(float) * pw);
