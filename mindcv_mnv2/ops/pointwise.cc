@@ -111,6 +111,17 @@ inline void pack_a_panel(const float *a, int64_t rows, int64_t k, int64_t b, flo
     }
 }
 
+// Panel b of A (rows x k, row-major) read where it is, as the tiles' acol: MR row pointers, rows past
+// the last repeating it (computed, never stored).
+struct RowPanel {
+  const float *w[MR];
+  RowPanel(const float *a, int64_t rows, int64_t k, int64_t b) {
+    const int64_t last = std::min<int64_t>(MR, rows - b * MR) - 1;
+    for (int i = 0; i < MR; ++i) w[i] = a + (b * MR + std::min<int64_t>(i, last)) * k;
+  }
+  float operator()(int64_t kk, int i) const { return w[i][kk]; }
+};
+
 // A's floats from which its packing is shared among the threads: on the caller alone, packing 1.0 @ 224's
 // weights was a tenth of one image's time, with the other thread waiting.
 constexpr int64_t SERIAL_PACK = 1 << 14;
@@ -244,9 +255,7 @@ void gemm_block(const float *x, const float *ap, const float *bias, const float 
       auto b_in_place = [xs, p](int64_t kk) { return xs + kk * p; };
       auto b_packed = [bs](int64_t kk) { return bs + kk * NR; };
       if (A_ROWS) {
-        const float *w[MR];  // rows past the last repeat it: computed, never stored
-        for (int i = 0; i < MR; ++i) w[i] = ap + (b * MR + std::min(i, rows - 1)) * k;
-        auto acol = [&w](int64_t kk, int i) { return w[i][kk]; };
+        const RowPanel acol(ap, cout, k, b);
         if (s < full)
           tile_acol<ACT, RES>(acol, b_in_place, k, bias + b * MR, y + off, r, p, rows, cols);
         else
@@ -655,12 +664,11 @@ int PoolDense(int nparam, void **params, int *ndims, int64_t **shapes, const cha
   pack_b(pooled, c, n, 0, n, bp);
   mnv2::parallel_for(rb, [&](int64_t b) {
     const int rows = static_cast<int>(std::min<int64_t>(MR, o - b * MR));
-    const float *w[MR];
-    for (int i = 0; i < MR; ++i) w[i] = wt + (b * MR + std::min(i, rows - 1)) * c;  // edge: repeat the last row
+    const RowPanel acol(wt, o, c, b);
     for (int64_t s = 0; s < strips; ++s) {
       const int cols = static_cast<int>(std::min<int64_t>(NR, n - s * NR));
       const float *bs = bp + s * c * NR;
-      tile_cols<1, false>([&w](int64_t kk, int i) { return w[i][kk]; }, [bs](int64_t kk) { return bs + kk * NR; },
+      tile_cols<1, false>(acol, [bs](int64_t kk) { return bs + kk * NR; },
                           c, bias + b * MR, yt + b * MR * n + s * NR, nullptr, n, rows, cols);
     }
   }, !serial);
